@@ -1,0 +1,73 @@
+"""Small, documented fixes to fairseq 0.12 (fairseq-fixed 0.12.3.1), applied when the plugin loads.
+
+We never edit installed files; each fix wraps one fairseq function and says why.
+
+1. ``FileAudioDataset`` (fairseq.data.audio.raw_audio_dataset): a malformed manifest row fails with a
+   bare ``assert`` showing the line, and a missing audio file is only noticed inside a data-loader
+   worker, after three retries with sleeps, as ``Exception("Failed to load ...")``. We validate the
+   manifest when the dataset is built and fail with ``ManifestError("<manifest>:<line>: ...")``
+   naming the file; a file that becomes unreadable later fails with the manifest row too.
+"""
+
+import functools
+import os
+
+from fairseq.data.audio import raw_audio_dataset
+
+
+class ManifestError(ValueError):
+    """A manifest row is malformed or points to a file that cannot be read."""
+
+
+def check_audio_manifest(manifest_path: str):
+    """Validate a wav2vec-style manifest; return ``(root, [(line_no, relpath, frames), ...])``."""
+    rows = []
+    with open(manifest_path, encoding="utf-8") as f:
+        root = f.readline().strip()
+        if not os.path.isdir(root):
+            raise ManifestError(f"{manifest_path}:1: root directory {root!r} does not exist")
+        for line_no, line in enumerate(f, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if fields == [""]:
+                raise ManifestError(f"{manifest_path}:{line_no}: empty line")
+            if len(fields) != 2:
+                raise ManifestError(f"{manifest_path}:{line_no}: expected 'path<TAB>frames', got {line.strip()!r}")
+            try:
+                frames = int(fields[1])
+            except ValueError:
+                raise ManifestError(f"{manifest_path}:{line_no}: frame count {fields[1]!r} is not an integer") from None
+            path = os.path.join(root, fields[0])
+            if not os.path.isfile(path):
+                raise ManifestError(f"{manifest_path}:{line_no}: audio file not found: {path}")
+            rows.append((line_no, fields[0], frames))
+    return root, rows
+
+
+def _patch_file_audio_dataset():
+    cls = raw_audio_dataset.FileAudioDataset
+    if getattr(cls, "_d2v_checked", False):
+        return
+    original_init, original_getitem = cls.__init__, cls.__getitem__
+
+    @functools.wraps(original_init)
+    def __init__(self, manifest_path, sample_rate, *args, **kwargs):
+        _, rows = check_audio_manifest(manifest_path)
+        original_init(self, manifest_path, sample_rate, *args, **kwargs)
+        # fairseq drops rows shorter than min_sample_size; keep the line number of each kept row.
+        min_size = kwargs.get("min_sample_size", args[1] if len(args) > 1 else 0) or 0
+        self._d2v_rows = [(manifest_path, line_no) for line_no, _, n in rows if n >= min_size]
+
+    @functools.wraps(original_getitem)
+    def __getitem__(self, index):
+        try:
+            return original_getitem(self, index)
+        except Exception as e:
+            rows = getattr(self, "_d2v_rows", None)
+            where = f"{rows[index][0]}:{rows[index][1]}" if rows and index < len(rows) else f"row {index}"
+            raise ManifestError(f"{where}: cannot read audio: {e}") from None
+
+    cls.__init__, cls.__getitem__ = __init__, __getitem__
+    cls._d2v_checked = True
+
+
+_patch_file_audio_dataset()

@@ -1,0 +1,65 @@
+"""Masks for the student's view. ``True`` marks a masked position everywhere in this package.
+
+Speech and text use spans / tokens over a sequence; images use blocks of patches (added with the
+image model). The span sampler itself is fairseq's ``compute_mask_indices`` (what wav2vec 2.0 and
+the paper use); this module gives it a tensor-in, tensor-out face and the options' meaning.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fairseq.data.data_utils import compute_mask_indices
+
+
+def span_mask(
+    batch: int,
+    length: int,
+    mask_prob: float,
+    mask_length: int,
+    padding_mask: Optional[Tensor] = None,
+    *,
+    mask_selection: str = "static",
+    mask_other: float = 0.0,
+    min_masks: int = 0,
+    no_overlap: bool = False,
+    min_space: int = 0,
+    require_same_masks: bool = True,
+    mask_dropout: float = 0.0,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """Sample span masks, as in wav2vec 2.0 / data2vec speech.
+
+    About ``mask_prob * length / mask_length`` span starts are drawn per row and each starts a span
+    of ``mask_length`` positions; spans may overlap, so the masked fraction is below ``mask_prob``
+    (paper: p=0.65, length 10 masks about half of the frames).
+
+    Args:
+        batch, length: mask shape ``(B, T)``.
+        padding_mask: ``(B, T)`` bool, ``True`` = padding; padded positions are never masked.
+
+    Returns:
+        ``(B, T)`` bool tensor, ``True`` = masked.
+    """
+    mask = compute_mask_indices(
+        (batch, length),
+        padding_mask,
+        mask_prob,
+        mask_length,
+        mask_selection,
+        mask_other,
+        min_masks=min_masks,
+        no_overlap=no_overlap,
+        min_space=min_space,
+        require_same_masks=require_same_masks,
+        mask_dropout=mask_dropout,
+    )
+    return torch.from_numpy(mask).to(device)
+
+
+def channel_mask(batch: int, channels: int, mask_prob: float, mask_length: int,
+                 device: Optional[torch.device] = None, **kwargs) -> Tensor:
+    """Spans of channels to zero out, one set per row: ``(B, C)`` bool, ``True`` = masked."""
+    mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length, **kwargs)
+    return torch.from_numpy(mask).to(device)

@@ -1,0 +1,1 @@
+"""One thin file per modality; everything they share lives one level up."""

@@ -1,0 +1,88 @@
+"""What every data2vec model does the same way, whatever the modality.
+
+:class:`TeacherStudentMixin` gives a fairseq model (1) an :class:`~d2v_plugin.ema_teacher.EmaTeacher`
+tracking one of its sub-modules, stepped from fairseq's ``set_num_updates`` after every optimizer
+step, (2) targets from the teacher's top-K blocks, (3) ``remove_pretraining_modules`` for
+fine-tuning, and (4) loading of fairseq-reference state dicts, whose teacher is stored as a flat
+``_ema`` dict rather than as sub-module weights.
+
+A modality file only builds its modules and writes ``forward``.
+"""
+
+from typing import Dict, Iterable, Optional
+
+import torch
+from torch import Tensor
+
+from d2v_plugin.ema_teacher import EmaTeacher
+from d2v_plugin.targets import make_targets
+
+TEACHER = "ema_teacher"
+REFERENCE_TEACHER_KEY = "_ema"  # fairseq examples/data2vec: state["_ema"] = {student param name: tensor}
+
+
+class TeacherStudentMixin:
+    """Mixed into a ``BaseFairseqModel`` whose ``cfg`` is a :class:`~d2v_plugin.config.Data2VecConfig`."""
+
+    ema_teacher: Optional[EmaTeacher]
+    regression_head_name = "final_proj"
+
+    def build_ema_teacher(self, student_name: str, copy_prefixes: Iterable[str] = ()) -> None:
+        """Create the teacher as a copy of ``getattr(self, student_name)`` (called from ``__init__``)."""
+        self.num_updates = 0
+        self.teacher_tracks = student_name
+        self.ema_teacher = EmaTeacher(
+            getattr(self, student_name),
+            ema_decay=self.cfg.ema_decay,
+            ema_end_decay=self.cfg.ema_end_decay,
+            ema_anneal_end_step=self.cfg.ema_anneal_end_step,
+            copy_prefixes=copy_prefixes,
+        )
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        if self.ema_teacher is not None:
+            self.ema_teacher.step(getattr(self, self.teacher_tracks), num_updates)
+        self.num_updates = num_updates
+
+    def get_num_updates(self) -> int:
+        return self.num_updates
+
+    def targets_from_teacher(self, teacher_block_outputs: Iterable[Tensor]) -> Tensor:
+        """``K x (B, T, C)`` teacher block outputs -> ``(B, T, C)`` fp32 targets."""
+        return make_targets(list(teacher_block_outputs), self.cfg)
+
+    def remove_pretraining_modules(self, last_layer: Optional[int] = None) -> None:
+        """Drop the teacher and the regression head (and layers above ``last_layer``) for fine-tuning."""
+        self.ema_teacher = None
+        setattr(self, self.regression_head_name, None)
+        if last_layer is not None:
+            layers = self.encoder.layers
+            self.encoder.layers = type(layers)(l for i, l in enumerate(layers) if i <= last_layer)
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str) -> None:
+        """Accept fairseq-reference checkpoints and checkpoints saved before/after fine-tuning surgery."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = f"{name}." if name else ""
+        teacher_prefix = f"{prefix}{TEACHER}."
+        reference_teacher = state_dict.pop(prefix + REFERENCE_TEACHER_KEY, None)
+
+        if self.ema_teacher is None:  # fine-tuning: the teacher and head are not needed
+            for k in [k for k in state_dict if k.startswith(teacher_prefix)]:
+                del state_dict[k]
+            head = f"{prefix}{self.regression_head_name}."
+            if getattr(self, self.regression_head_name, None) is None:
+                for k in [k for k in state_dict if k.startswith(head)]:
+                    del state_dict[k]
+            return
+
+        if reference_teacher is not None:
+            for k, v in reference_teacher.items():
+                state_dict[f"{teacher_prefix}model.{k}"] = v
+        if not any(k.startswith(teacher_prefix + "model.") for k in state_dict):
+            # No teacher saved (e.g. a reference model whose EMA was never built): start it as a copy
+            # of the student's tracked module, which is what the teacher is at update 0.
+            student_prefix = f"{prefix}{self.teacher_tracks}."
+            for k in [k for k in state_dict if k.startswith(student_prefix)]:
+                state_dict[f"{teacher_prefix}model.{k[len(student_prefix):]}"] = state_dict[k].float()
+        state_dict.setdefault(f"{teacher_prefix}num_updates", torch.zeros((), dtype=torch.long))

@@ -27,6 +27,7 @@ def span_mask(
     min_space: int = 0,
     require_same_masks: bool = True,
     mask_dropout: float = 0.0,
+    seed: Optional[int] = None,
     device: Optional[torch.device] = None,
 ) -> Tensor:
     """Sample span masks, as in wav2vec 2.0 / data2vec speech.
@@ -38,10 +39,16 @@ def span_mask(
     Args:
         batch, length: mask shape ``(B, T)``.
         padding_mask: ``(B, T)`` bool, ``True`` = padding; padded positions are never masked.
+        seed: seeds the sampler; by default drawn from torch's global generator. fairseq re-seeds
+            that generator at every update (``common.seed + num_updates``), so masks are
+            reproducible and a resumed run draws the masks an uninterrupted one would have
+            (``compute_mask_indices`` alone draws from fresh OS entropy on every call).
 
     Returns:
         ``(B, T)`` bool tensor, ``True`` = masked.
     """
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
     mask = compute_mask_indices(
         (batch, length),
         padding_mask,
@@ -54,6 +61,9 @@ def span_mask(
         min_space=min_space,
         require_same_masks=require_same_masks,
         mask_dropout=mask_dropout,
+        seed=seed,
+        epoch=0,
+        indices=torch.arange(batch),
     )
     return torch.from_numpy(mask).to(device)
 
@@ -61,5 +71,7 @@ def span_mask(
 def channel_mask(batch: int, channels: int, mask_prob: float, mask_length: int,
                  device: Optional[torch.device] = None, **kwargs) -> Tensor:
     """Spans of channels to zero out, one set per row: ``(B, C)`` bool, ``True`` = masked."""
-    mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length, **kwargs)
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # reproducible, as in span_mask
+    mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length,
+                                seed=seed, epoch=0, indices=torch.arange(batch), **kwargs)
     return torch.from_numpy(mask).to(device)

@@ -5,7 +5,8 @@ Importing the package registers the ``data2vec`` criterion and the ``data2vec_*`
 """
 
 from d2v_plugin import fairseq_fixes  # noqa: F401  (first: documented fixes to fairseq 0.12)
-from d2v_plugin import criterion  # noqa: F401
-from d2v_plugin.models import data2vec_audio  # noqa: F401
+from d2v_plugin import criterion, wer_scorer  # noqa: F401
+from d2v_plugin.models import data2vec_audio, data2vec_audio_ctc  # noqa: F401
+from d2v_plugin.tasks import audio_ctc  # noqa: F401
 
 __version__ = "0.1.0"

@@ -7,11 +7,19 @@ We never edit installed files; each fix wraps one fairseq function and says why.
    worker, after three retries with sleeps, as ``Exception("Failed to load ...")``. We validate the
    manifest when the dataset is built and fail with ``ManifestError("<manifest>:<line>: ...")``
    naming the file; a file that becomes unreadable later fails with the manifest row too.
+2. ``fairseq.data.data_utils.batch_by_size``: fairseq-fixed 0.12.3.1 added a line that drops the last
+   batch whenever ``required_batch_size_multiple > 1`` (fairseq's default is 8) and that batch's size
+   is not a multiple of it. Every epoch silently loses up to 7 samples of training data, validation
+   scores skip samples, and ``fairseq-generate`` skips utterances. The batches are consecutive slices
+   of the ordered indices, so we give the dropped tail back as the last batch.
 """
 
 import functools
 import os
 
+import numpy as np
+
+from fairseq.data import data_utils
 from fairseq.data.audio import raw_audio_dataset
 
 
@@ -70,4 +78,26 @@ def _patch_file_audio_dataset():
     cls._d2v_checked = True
 
 
+def _patch_batch_by_size():
+    original = data_utils.batch_by_size
+    if getattr(original, "_d2v_keeps_tail", False):
+        return
+
+    @functools.wraps(original)
+    def batch_by_size(indices, *args, **kwargs):
+        if not isinstance(indices, np.ndarray):
+            indices = np.fromiter(indices, dtype=np.int64, count=-1)
+        if len(indices) == 0:
+            return []
+        batches = original(indices, *args, **kwargs)
+        covered = sum(len(b) for b in batches)
+        if covered < len(indices) and kwargs.get("fixed_shapes") is None:
+            batches = list(batches) + [indices[covered:]]
+        return batches
+
+    batch_by_size._d2v_keeps_tail = True
+    data_utils.batch_by_size = batch_by_size
+
+
 _patch_file_audio_dataset()
+_patch_batch_by_size()

@@ -70,8 +70,12 @@ def span_mask(
 
 def channel_mask(batch: int, channels: int, mask_prob: float, mask_length: int,
                  device: Optional[torch.device] = None, **kwargs) -> Tensor:
-    """Spans of channels to zero out, one set per row: ``(B, C)`` bool, ``True`` = masked."""
+    """Spans of channels to zero out, one set per row: ``(B, C)`` bool, ``True`` = masked.
+
+    At least one span per row: with few channels ``mask_prob * C / mask_length`` can round to zero
+    spans, which ``compute_mask_indices`` rejects ("this should never happens").
+    """
     seed = int(torch.randint(0, 2**31 - 1, ()).item())  # reproducible, as in span_mask
-    mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length,
+    mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length, min_masks=1,
                                 seed=seed, epoch=0, indices=torch.arange(batch), **kwargs)
     return torch.from_numpy(mask).to(device)

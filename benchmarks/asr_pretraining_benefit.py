@@ -1,0 +1,84 @@
+"""Does data2vec pre-training help? CTC fine-tuning from the pre-trained checkpoint vs from random init.
+
+Both runs use examples/audio/finetuning/tiny_cpu.yaml with the same budget on the generated toy speech
+corpus; "random init" is the same architecture with ``model.no_pretrained_weights=true``. Prints a
+table of greedy WER/LER on the held-out split. Not a test: it takes several minutes.
+
+    .venv/bin/python benchmarks/asr_pretraining_benefit.py [--finetune-updates 600] [--pretrain-updates 300]
+"""
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+USER_DIR = str(REPO / "d2v_plugin")
+
+
+def sh(*args):
+    subprocess.run([str(a) for a in args], cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def train(config_dir, run, overrides):
+    sh(BIN / "fairseq-hydra-train", "--config-dir", REPO / config_dir, "--config-name", "tiny_cpu",
+       f"common.user_dir={USER_DIR}", f"hydra.run.dir={run}", *overrides)
+
+
+def decode(data, ckpt, out):
+    sh(BIN / "fairseq-generate", data, "--user-dir", USER_DIR, "--task", "audio_ctc", "--path", ckpt,
+       "--gen-subset", "test", "--labels", "ltr", "--post-process", "letter", "--scoring", "wer_ler",
+       "--max-tokens", 400000, "--results-path", out)
+    line = (Path(out) / "generate-test.txt").read_text().strip().splitlines()[-1]
+    m = re.search(r"WER: ([\d.]+).*LER: ([\d.]+)", line)
+    return float(m.group(1)), float(m.group(2))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pretrain-updates", type=int, default=300, help="pre-training updates")
+    p.add_argument("--finetune-updates", type=int, default=600, help="fine-tuning updates (both runs)")
+    p.add_argument("--train-utts", type=int, default=400, help="utterances in the generated training corpus")
+    p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    args = p.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="d2v_asr_bench_"))
+    data = work / "data"
+    py = sys.executable
+    sh(py, "-m", "manifests.toy_speech", work / "audio_train", "--num-utts", args.train_utts, "--seed", 1)
+    sh(py, "-m", "manifests.toy_speech", work / "audio_test", "--num-utts", 60, "--seed", 2, "--prefix", "test")
+    sh(py, "-m", "manifests.audio_manifest", work / "audio_train", "--dest", data, "--ext", "wav",
+       "--valid-percent", 0.1, "--seed", 1)
+    sh(py, "-m", "manifests.audio_manifest", work / "audio_test", "--dest", work / "test_manifest", "--ext", "wav",
+       "--valid-percent", 0)
+    shutil.copy(work / "test_manifest" / "train.tsv", data / "test.tsv")
+    sh(py, "-m", "manifests.labels", data, "--transcripts", work / "audio_train" / "transcripts.tsv",
+       work / "audio_test" / "transcripts.tsv")
+
+    t0 = time.time()
+    train("examples/audio/pretraining", work / "pre_run", [f"task.data={data}", f"checkpoint.save_dir={work / 'pre'}",
+                                                          f"optimization.max_update={args.pretrain_updates}"])
+    pretrain_s = time.time() - t0
+    rows = []
+    for name, extra in (("data2vec pre-trained", []), ("random init", ["model.no_pretrained_weights=true"])):
+        t0 = time.time()
+        train("examples/audio/finetuning", work / f"ft_run_{len(rows)}",
+              [f"task.data={data}", f"model.w2v_path={work / 'pre' / 'checkpoint_last.pt'}",
+               f"checkpoint.save_dir={work / f'ft_{len(rows)}'}", f"optimization.max_update={args.finetune_updates}",
+               *extra])
+        wer, ler = decode(data, work / f"ft_{len(rows)}" / "checkpoint_best.pt", work / f"decode_{len(rows)}")
+        rows.append((name, wer, ler, time.time() - t0))
+
+    print(f"\nCTC fine-tuning, {args.finetune_updates} updates, toy corpus ({args.train_utts} utts), "
+          f"test split of 60 utts; pre-training: {args.pretrain_updates} updates ({pretrain_s:.0f} s)")
+    print(f"| encoder init | test WER % | test LER % | fine-tune+decode s |\n|---|---|---|---|")
+    for name, wer, ler, secs in rows:
+        print(f"| {name} | {wer:.2f} | {ler:.2f} | {secs:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Speech recognition end to end through the real CLIs: pre-train -> CTC fine-tune -> fairseq-generate."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
+
+FINETUNE_UPDATES = 600
+
+
+@pytest.fixture(scope="module")
+def finetuned(speech_data, pretrained, tmp_path_factory):
+    ckpt_dir, _ = pretrained
+    out = tmp_path_factory.mktemp("finetune")
+    proc = hydra_train("examples/audio/finetuning", "tiny_cpu", out / "run",
+                       [f"task.data={speech_data}", f"model.w2v_path={ckpt_dir / 'checkpoint_last.pt'}",
+                        f"checkpoint.save_dir={out / 'ckpt'}", f"optimization.max_update={FINETUNE_UPDATES}"])
+    return out / "ckpt", proc.stdout + proc.stderr
+
+
+def generate(data, checkpoint, *extra):
+    """Decode the test split; returns what fairseq-generate printed (to stdout, or to --results-path)."""
+    proc = run([BIN / "fairseq-generate", data, "--user-dir", USER_DIR, "--task", "audio_ctc", "--path", checkpoint,
+                "--gen-subset", "test", "--labels", "ltr", "--post-process", "letter", "--scoring", "wer_ler",
+                "--max-tokens", 400000, *extra])
+    if "--results-path" in extra:
+        return (Path(extra[extra.index("--results-path") + 1]) / "generate-test.txt").read_text()
+    return proc.stdout
+
+
+def wer_line(output: str):
+    m = re.search(r"Generate test with beam=\d+: WER: ([\d.]+) .*\| LER: ([\d.]+) .*\| (\d+) utterances", output)
+    assert m, output[-3000:]
+    return float(m.group(1)), float(m.group(2)), int(m.group(3))
+
+
+def test_finetune_logs_validation_wer_and_checkpoints_load_safely(finetuned):
+    ckpt_dir, output = finetuned
+    valid = json_logs(output, "valid")
+    assert valid and "wer" in valid[-1] and "uer" in valid[-1]
+    state = torch.load(ckpt_dir / "checkpoint_last.pt", weights_only=True)
+    assert not any("ema_teacher" in k or "final_proj" in k for k in state["model"])
+    assert state["task_state"]["target_dictionary"]["symbols"][:4] == ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def test_generate_decodes_every_utterance_with_low_wer(speech_data, finetuned, tmp_path):
+    ckpt_dir, _ = finetuned
+    text = generate(speech_data, ckpt_dir / "checkpoint_best.pt", "--results-path", tmp_path / "greedy")
+    wer, ler, n = wer_line(text)
+    rows = len((speech_data / "test.tsv").read_text().splitlines()) - 1
+    assert n == rows
+    assert len(re.findall(r"^H-\d+\t", text, re.M)) == rows
+    assert len(re.findall(r"^T-\d+\t", text, re.M)) == rows
+    assert wer < 30.0, f"WER {wer} LER {ler}"
+    # beam search without a language model agrees closely with greedy on a confident model
+    beam = generate(speech_data, ckpt_dir / "checkpoint_best.pt", "--ctc-decoder", "beam", "--beam", 8)
+    beam_wer, _, beam_n = wer_line(beam)
+    assert beam_n == rows and beam_wer <= wer + 5.0
+
+
+def test_finetuning_resumes(speech_data, finetuned, tmp_path):
+    ckpt_dir, _ = finetuned
+    resumed = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, resumed)
+    proc = hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "run",
+                       [f"task.data={speech_data}", "model.w2v_path=/nonexistent/only/needed/for/a/new/run.pt",
+                        f"checkpoint.save_dir={resumed}", f"optimization.max_update={FINETUNE_UPDATES + 10}"])
+    out = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in out
+    state = torch.load(resumed / "checkpoint_last.pt", weights_only=True)
+    assert state["optimizer_history"][-1]["num_updates"] == FINETUNE_UPDATES + 10
+
+
+def test_finetuning_from_a_reference_checkpoint(speech_data, tmp_path):
+    """A checkpoint written by fairseq's bundled data2vec (random init, 2 updates) is a valid w2v_path."""
+    user_dir = tmp_path / "reference_user_dir" / "d2v_reference"
+    user_dir.mkdir(parents=True)
+    (user_dir / "__init__.py").write_text("import fairseq.examples.data2vec.models.data2vec_audio  # noqa\n")
+    hydra_train("examples/audio/pretraining", "tiny_cpu", tmp_path / "ref_run",
+                [f"task.data={speech_data}", f"checkpoint.save_dir={tmp_path / 'ref'}", "optimization.max_update=2",
+                 "criterion._name=model"], user_dir=str(user_dir))
+    reference = torch.load(tmp_path / "ref" / "checkpoint_last.pt", weights_only=True)["model"]
+    assert "_ema" in reference  # the reference's own format
+    hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "ft_run",
+                [f"task.data={speech_data}", f"model.w2v_path={tmp_path / 'ref' / 'checkpoint_last.pt'}",
+                 f"checkpoint.save_dir={tmp_path / 'ft'}", "optimization.max_update=3"])
+    tuned = torch.load(tmp_path / "ft" / "checkpoint_last.pt", weights_only=True)["model"]
+    # the encoder is frozen for the first updates: it still holds the reference's weights
+    for k in ("encoder.layers.0.fc1.weight", "feature_extractor.conv_layers.0.0.weight", "post_extract_proj.weight"):
+        assert torch.equal(tuned[f"w2v_encoder.w2v_model.{k}"], reference[k]), k
+
+
+@pytest.mark.parametrize("problem", ["count", "unknown_letter"])
+def test_bad_labels_fail_naming_the_row(speech_data, pretrained, tmp_path, problem):
+    data = tmp_path / "data"
+    shutil.copytree(speech_data, data)
+    labels = (data / "valid.ltr").read_text().splitlines()
+    if problem == "count":
+        labels = labels[:-1]
+        expected = "has no label"
+    else:
+        labels[2] = labels[2] + " Q |"
+        expected = "valid.ltr:3: row "
+    (data / "valid.ltr").write_text("\n".join(labels) + "\n")
+    ckpt_dir, _ = pretrained
+    proc = hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "run",
+                       [f"task.data={data}", f"model.w2v_path={ckpt_dir / 'checkpoint_last.pt'}",
+                        f"checkpoint.save_dir={tmp_path / 'ckpt'}", "optimization.max_update=1"], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and expected in out, out[-2000:]

@@ -1,11 +1,14 @@
 """Turn a folder of audio into fairseq's wav2vec-style manifests ``train.tsv`` / ``valid.tsv``.
 
-The first line of a manifest is the absolute root folder, then one ``relative/path<TAB>num_frames`` line
-per file. Every file is checked first: unreadable or corrupt, empty, not at ``--sample-rate``, or not
-mono files are listed with their path and the reason, and nothing is written (``--skip-bad`` skips
-them instead and reports how many). Existing manifests are only replaced once everything succeeded.
+The first line of a manifest is the absolute root folder, then one ``relative/path<TAB>num_frames``
+line per file. Every file is checked first: unreadable or corrupt, empty, not at ``--sample-rate`` or
+not mono files are listed on stderr as ``error: PATH: REASON`` and nothing is written (exit status 2);
+``--skip-bad`` leaves them out instead and reports how many. Both manifests are written to temporary
+files and renamed into place only when both are complete, so existing manifests are never half-replaced.
 
     python -m manifests.audio_manifest /data/LibriSpeech/train-960 --dest manifests --ext flac --valid-percent 0.01
+
+``read_manifest`` reads (and validates) such a manifest back.
 """
 
 import argparse
@@ -13,26 +16,38 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 
+CHECK_FRAMES = 1024  # frames decoded at each end of a file to catch corrupt or truncated data cheaply
+
+
+class ManifestInputError(Exception):
+    """The input cannot be turned into manifests; the message says why."""
+
 
 def check_audio(path: Path, sample_rate: int) -> Tuple[Optional[int], Optional[str]]:
-    """(frames, None) for a usable file, else (None, reason)."""
-    if path.stat().st_size == 0:
-        return None, "empty file (0 bytes)"
+    """``(num_frames, None)`` for a usable file, else ``(None, reason)``."""
     try:
+        if path.stat().st_size == 0:
+            return None, "empty file (0 bytes)"
         info = sf.info(str(path))
-        with sf.SoundFile(str(path)) as f:  # decode a little: catches files with a valid header only
-            f.read(min(info.frames, 1024))
-            if info.frames > 1024:
-                f.seek(info.frames - 1024)
-                f.read(1024)
-    except Exception as e:  # soundfile raises several types for undecodable data
-        return None, f"cannot decode audio ({e})"
-    if info.frames == 0:
-        return None, "no audio frames"
+        if info.frames <= 0:
+            return None, "no audio frames"
+        # A valid header says nothing about the data: decode a little at both ends, which finds
+        # garbage and most truncations without reading whole files.
+        with sf.SoundFile(str(path)) as f:
+            head = f.read(min(info.frames, CHECK_FRAMES))
+            if info.frames > CHECK_FRAMES:
+                f.seek(info.frames - CHECK_FRAMES)
+                tail = f.read(CHECK_FRAMES)
+            else:
+                tail = head
+        if len(head) == 0 or len(tail) == 0:
+            return None, f"header promises {info.frames} frames but no audio could be decoded (truncated?)"
+    except Exception as e:  # libsndfile and the OS raise assorted types; any of them makes the file unusable
+        return None, f"cannot decode audio: {e}"
     if info.samplerate != sample_rate:
         return None, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz (resample it first)"
     if info.channels != 1:
@@ -40,78 +55,175 @@ def check_audio(path: Path, sample_rate: int) -> Tuple[Optional[int], Optional[s
     return info.frames, None
 
 
-def find_audio(root: Path, exts: List[str], must_contain: Optional[str]) -> List[Path]:
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in exts]
-    if must_contain:
-        files = [p for p in files if must_contain in str(p)]
-    return sorted(files)
+def find_audio(root: Path, exts: Sequence[str], must_contain: Optional[str] = None) -> List[Path]:
+    """Files under ``root`` (recursively) with one of ``exts`` (case-insensitive), sorted.
+
+    ``must_contain`` filters on the path relative to ``root``, so the root's own name never matches.
+    """
+    wanted = {"." + e.lower().lstrip(".") for e in exts}
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()  # os.walk order depends on the file system; sort for reproducible output
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() in wanted and (not must_contain or must_contain in relpath(path, root)):
+                found.append(path)
+    return sorted(found)
 
 
-def write_manifest(path: Path, root: Path, rows: List[Tuple[str, int]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{root}\n")
-        for rel, frames in rows:
-            f.write(f"{rel}\t{frames}\n")
-    os.replace(tmp, path)
+def relpath(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("root", help="folder searched recursively for audio files")
-    p.add_argument("--dest", required=True, help="folder to write train.tsv and valid.tsv to")
-    p.add_argument("--ext", default="flac,wav", help="comma-separated audio extensions to include")
-    p.add_argument("--valid-percent", type=float, default=0.01,
-                   help="fraction (0-1) of files that go to valid.tsv; 0 writes a valid.tsv with no rows")
-    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
-    p.add_argument("--sample-rate", type=int, default=16000, help="required sample rate in Hz")
-    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unusable files instead of failing")
-    p.add_argument("--path-must-contain", help="only include files whose path contains this string")
-    p.add_argument("--train-name", default="train", help="name of the training manifest (NAME.tsv)")
-    args = p.parse_args(argv)
+def manifest_text(root: Path, rows: Sequence[Tuple[str, int]]) -> str:
+    return "".join([f"{root}\n"] + [f"{rel}\t{frames}\n" for rel, frames in rows])
 
+
+def write_atomically(files: Dict[Path, str]) -> None:
+    """Write every file to ``NAME.tmp`` first, then rename all into place; on failure remove the temporaries."""
+    tmps = {path: path.with_name(path.name + ".tmp") for path in files}
+    try:
+        for path, text in files.items():
+            tmps[path].write_text(text, encoding="utf-8")
+        for path in files:
+            os.replace(tmps[path], path)
+    finally:
+        for tmp in tmps.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
+def split_rows(rows: List[Tuple[str, int]], valid_percent: float,
+               seed: int) -> Tuple[List[Tuple[str, int]], List[Tuple[str, int]]]:
+    """(train, valid), each sorted; valid gets round(len(rows) * valid_percent) rows chosen by ``seed``."""
+    shuffled = sorted(rows)  # sort first: the split must not depend on the order files were found in
+    random.Random(seed).shuffle(shuffled)
+    n_valid = int(round(len(shuffled) * valid_percent))
+    return sorted(shuffled[n_valid:]), sorted(shuffled[:n_valid])
+
+
+def build(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     if not root.is_dir():
-        print(f"error: {root}: not a folder", file=sys.stderr)
-        return 2
-    if not 0 <= args.valid_percent <= 1:
-        print(f"error: --valid-percent {args.valid_percent} must be between 0 and 1", file=sys.stderr)
-        return 2
+        raise ManifestInputError(f"{args.root}: not a folder")
     exts = [e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()]
+    if not exts:
+        raise ManifestInputError(f"--ext {args.ext!r} names no extension")
     files = find_audio(root, exts, args.path_must_contain)
     if not files:
-        print(f"error: no .{'/.'.join(exts)} files under {root}", file=sys.stderr)
-        return 2
+        where = f" whose path contains {args.path_must_contain!r}" if args.path_must_contain else ""
+        raise ManifestInputError(f"no .{'/.'.join(exts)} files{where} under {root}")
 
     rows, problems = [], []
     for path in files:
         frames, reason = check_audio(path, args.sample_rate)
-        if reason:
+        if reason is not None:
             problems.append(f"{path}: {reason}")
         else:
-            rows.append((str(path.relative_to(root)), frames))
+            rows.append((relpath(path, root), frames))
     if problems and not args.skip_bad:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
-        print(f"error: {len(problems)} of {len(files)} files are unusable; nothing was written "
-              "(fix them, or pass --skip-bad to leave them out)", file=sys.stderr)
-        return 2
+        raise ManifestInputError(f"{len(problems)} of {len(files)} files are unusable; nothing was written "
+                                 "(fix or remove them, or pass --skip-bad to leave them out)")
     for line in problems:
-        print(f"warning: skipped {line}", file=sys.stderr)
+        print(f"warning: skipping {line}", file=sys.stderr)
     if problems:
         print(f"skipped {len(problems)} of {len(files)} files", file=sys.stderr)
+    if not rows:
+        raise ManifestInputError("no usable audio files left; nothing was written")
 
-    random.Random(args.seed).shuffle(rows)
-    n_valid = int(round(len(rows) * args.valid_percent))
-    valid, train = sorted(rows[:n_valid]), sorted(rows[n_valid:])
+    train, valid = split_rows(rows, args.valid_percent, args.seed)
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
-    write_manifest(dest / f"{args.train_name}.tsv", root, train)
-    if args.valid_percent > 0 or not (dest / "valid.tsv").exists():
-        write_manifest(dest / "valid.tsv", root, valid)
-    wrote_valid = f", {len(valid)} in {dest / 'valid.tsv'}" if args.valid_percent > 0 else ""
-    print(f"{len(train)} files in {dest / (args.train_name + '.tsv')}{wrote_valid}")
+    outputs = {dest / f"{args.train_name}.tsv": manifest_text(root, train)}
+    # A differently named split written with --valid-percent 0 (e.g. a test set added to an existing
+    # manifest folder) must not clobber that folder's valid.tsv with an empty one.
+    if args.valid_percent > 0 or args.train_name == "train":
+        outputs[dest / "valid.tsv"] = manifest_text(root, valid)
+    write_atomically(outputs)
+    seconds = sum(frames for _, frames in rows) / args.sample_rate
+    print(", ".join(f"{len(rows_)} files in {path}" for path, rows_ in zip(outputs, (train, valid)))
+          + f" ({seconds:.1f} s = {seconds / 3600:.2f} h of audio)")
     return 0
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("root", help="folder searched recursively for audio files; manifest paths are relative to it")
+    p.add_argument("--dest", required=True, help="folder to write train.tsv and valid.tsv to (created if missing)")
+    p.add_argument("--ext", default="flac,wav", help="comma-separated audio file extensions to include")
+    p.add_argument("--valid-percent", type=float, default=0.01,
+                   help="fraction (0-1) of the files that go to valid.tsv; "
+                        "0 writes a valid.tsv with only the root line")
+    p.add_argument("--seed", type=int, default=42, help="random seed of the train/valid split")
+    p.add_argument("--sample-rate", type=int, default=16000, help="sample rate (Hz) every file must have")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out (and report) unusable files instead of failing without writing anything")
+    p.add_argument("--path-must-contain", metavar="STR",
+                   help="only include files whose path relative to ROOT contains STR")
+    p.add_argument("--train-name", default="train", metavar="NAME",
+                   help="write the non-valid split to NAME.tsv; with --valid-percent 0 and a NAME other than "
+                        "'train' no valid.tsv is written (e.g. --train-name test to add a test split)")
+    args = p.parse_args(argv)
+    if args.train_name == "valid" and args.valid_percent > 0:
+        p.error("--train-name valid needs --valid-percent 0")
+    if not args.train_name or os.sep in args.train_name or "/" in args.train_name:
+        p.error(f"--train-name must be a plain file name stem, got {args.train_name!r}")
+    if not 0.0 <= args.valid_percent <= 1.0:
+        p.error(f"--valid-percent must be between 0 and 1, got {args.valid_percent}")
+    if args.sample_rate <= 0:
+        p.error(f"--sample-rate must be positive, got {args.sample_rate}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        return build(args)
+    except ManifestInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --dest not writable: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def read_manifest(path: str, check_files: bool = False) -> Tuple[str, List[Tuple[str, int]]]:
+    """Read a wav2vec-style manifest: ``(root, [(relpath, num_frames), ...])``.
+
+    Raises ``ValueError("{path}:{line_no}: {problem}")`` (1-based file lines) for a missing root line,
+    an empty line, a line without exactly two tab-separated fields, a frame count that is not a positive
+    integer, and, with ``check_files``, a row whose file does not exist.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start an empty one
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}:1: missing root folder line")
+    root = lines[0].strip()
+    rows = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            raise ValueError(f"{path}:{line_no}: empty line")
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{line_no}: expected 2 tab-separated fields (path, frames), "
+                             f"got {len(fields)}: {line!r}")
+        rel, frames_text = fields
+        try:
+            frames = int(frames_text)
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: frame count {frames_text!r} is not an integer") from None
+        if frames <= 0:
+            raise ValueError(f"{path}:{line_no}: frame count {frames} is not positive")
+        if check_files and not os.path.isfile(os.path.join(root, rel)):
+            raise ValueError(f"{path}:{line_no}: audio file not found: {os.path.join(root, rel)}")
+        rows.append((rel, frames))
+    return root, rows
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""manifests.audio_manifest: wav2vec-style manifests, and a clear error for every kind of bad file."""
+"""manifests.audio_manifest: wav2vec-style manifests, a clear error for every kind of bad file, read_manifest."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,55 +8,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from manifests.audio_manifest import main
-from tests.cli import run
+from manifests.audio_manifest import main, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def tone(path: Path, seconds=0.5, sr=16000, channels=1):
+def tone(path: Path, seconds: float = 0.25, sr: int = 16000, channels: int = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = np.sin(np.arange(int(sr * seconds)) / 10).astype(np.float32) * 0.3
-    sf.write(str(path), np.stack([x] * channels, axis=1) if channels > 1 else x, sr)
+    x = (0.3 * np.sin(np.arange(int(sr * seconds)) / 10)).astype(np.float32)
+    sf.write(str(path), np.stack([x] * channels, axis=1) if channels > 1 else x, sr, subtype="PCM_16")
 
 
-@pytest.fixture
-def folder(tmp_path):
-    root = tmp_path / "audio"
-    for i in range(20):
-        tone(root / f"spk{i % 3}" / f"u{i:02d}.wav", seconds=0.2 + i * 0.01)
-    tone(root / "extra.flac", seconds=0.3)
-    (root / "notes.txt").write_text("not audio")
-    return root
-
-
-def read(path: Path):
-    lines = path.read_text().splitlines()
-    return lines[0], [tuple(l.split("\t")) for l in lines[1:]]
-
-
-def test_manifests_list_every_file_with_its_frames(folder, tmp_path):
-    dest = tmp_path / "m"
-    assert main([str(folder), "--dest", str(dest), "--valid-percent", "0.25", "--seed", "3"]) == 0
-    root_t, train = read(dest / "train.tsv")
-    root_v, valid = read(dest / "valid.tsv")
-    assert root_t == root_v == str(folder.resolve())
-    assert len(train) + len(valid) == 21 and len(valid) == 5
-    for rel, frames in train + valid:
-        assert int(frames) == sf.info(str(folder / rel)).frames
-    # deterministic for a seed, different for another
-    main([str(folder), "--dest", str(tmp_path / "m2"), "--valid-percent", "0.25", "--seed", "3"])
-    assert (tmp_path / "m2" / "valid.tsv").read_text() == (dest / "valid.tsv").read_text()
-    main([str(folder), "--dest", str(tmp_path / "m3"), "--valid-percent", "0.25", "--seed", "4"])
-    assert (tmp_path / "m3" / "valid.tsv").read_text() != (dest / "valid.tsv").read_text()
-
-
-def test_ext_filter_and_named_split(folder, tmp_path):
-    dest = tmp_path / "m"
-    assert main([str(folder), "--dest", str(dest), "--ext", "flac", "--valid-percent", "0", "--train-name", "test"]) == 0
-    _, rows = read(dest / "test.tsv")
-    assert [r[0] for r in rows] == ["extra.flac"]
-
-
-def make_bad(kind: str, path: Path):
+def make_bad(kind: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "corrupt":
         path.write_bytes(np.random.default_rng(0).bytes(4000))
     elif kind == "empty":
@@ -64,6 +29,75 @@ def make_bad(kind: str, path: Path):
         tone(path, sr=8000)
     elif kind == "stereo":
         tone(path, channels=2)
+    else:
+        raise ValueError(kind)
+
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "manifests.audio_manifest", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def read(path: Path):
+    lines = path.read_text().splitlines()
+    return lines[0], [tuple(line.split("\t")) for line in lines[1:]]
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """20 wav files in 3 speaker folders (different lengths), one flac, and a non-audio file."""
+    root = tmp_path / "audio"
+    for i in range(20):
+        tone(root / f"spk{i % 3}" / "sub" / f"u{i:02d}.wav", seconds=0.1 + i * 0.01)
+    tone(root / "extra.flac", seconds=0.3)
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def test_manifests_list_every_file_with_its_frames(folder, tmp_path):
+    dest = tmp_path / "m"
+    assert main([str(folder), "--dest", str(dest), "--valid-percent", "0.25", "--seed", "3"]) == 0
+    root_t, train = read(dest / "train.tsv")
+    root_v, valid = read(dest / "valid.tsv")
+    assert root_t == root_v == str(folder.resolve())
+    assert len(valid) == 5 and len(train) == 16  # round(21 * 0.25) = 5
+    all_files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in (".wav", ".flac"))
+    assert sorted(rel for rel, _ in train + valid) == all_files
+    for rel, frames in train + valid:
+        assert int(frames) == sf.info(str(folder / rel)).frames
+    assert [r for r, _ in train] == sorted(r for r, _ in train)
+    assert not list(dest.glob("*.tmp"))
+
+
+def test_split_is_deterministic_for_a_seed(folder, tmp_path):
+    def valid_for(seed: int, name: str) -> str:
+        assert main([str(folder), "--dest", str(tmp_path / name), "--valid-percent", "0.25", "--seed", str(seed)]) == 0
+        return (tmp_path / name / "valid.tsv").read_text()
+
+    assert valid_for(3, "a") == valid_for(3, "b")
+    assert valid_for(3, "a") != valid_for(4, "c")
+
+
+def test_cli_ext_filter_and_zero_valid_percent(folder, tmp_path):
+    dest = tmp_path / "m"
+    proc = cli(folder, "--dest", dest, "--ext", "flac", "--valid-percent", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert read(dest / "train.tsv")[1] == [("extra.flac", "4800")]
+    assert (dest / "valid.tsv").read_text() == f"{folder.resolve()}\n"
+    assert main([str(folder), "--dest", str(dest), "--ext", "WAV", "--valid-percent", "0"]) == 0
+    assert len(read(dest / "train.tsv")[1]) == 20
+
+
+def test_path_must_contain_and_train_name(folder, tmp_path):
+    dest = tmp_path / "m"
+    (dest).mkdir()
+    (dest / "valid.tsv").write_text("keep me\n")
+    assert main([str(folder), "--dest", str(dest), "--path-must-contain", "spk1/", "--valid-percent", "0",
+                 "--train-name", "test"]) == 0
+    rows = read(dest / "test.tsv")[1]
+    assert len(rows) == 7 and all(rel.startswith("spk1/sub/") for rel, _ in rows)
+    assert (dest / "valid.tsv").read_text() == "keep me\n"  # a named split leaves valid.tsv alone
+    assert not (dest / "train.tsv").exists()
 
 
 @pytest.mark.parametrize("kind,reason", [("corrupt", "cannot decode"), ("empty", "empty file"),
@@ -74,26 +108,76 @@ def test_bad_file_is_named_and_nothing_is_written(folder, tmp_path, kind, reason
     dest = tmp_path / "m"
     dest.mkdir()
     (dest / "train.tsv").write_text("previous manifest\n")
-    proc = run([sys.executable, "-m", "manifests.audio_manifest", folder, "--dest", dest], check=False)
+    proc = cli(folder, "--dest", dest)
     assert proc.returncode == 2
     assert f"error: {bad}: {reason}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (dest / "train.tsv").read_text() == "previous manifest\n"
-    assert not (dest / "valid.tsv").exists()
+    assert sorted(p.name for p in dest.iterdir()) == ["train.tsv"]  # no valid.tsv, no leftover .tmp
+
+
+def test_every_bad_file_is_reported(folder, tmp_path, capsys):
+    bad = {kind: folder / f"bad_{kind}.wav" for kind in ("corrupt", "empty", "8khz", "stereo")}
+    for kind, path in bad.items():
+        make_bad(kind, path)
+    assert main([str(folder), "--dest", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    for path in bad.values():
+        assert f"error: {path}: " in err
+    assert "4 of 25 files are unusable" in err
+    assert not (tmp_path / "m").exists()
 
 
 def test_skip_bad_skips_and_counts(folder, tmp_path, capsys):
     make_bad("corrupt", folder / "c.wav")
     make_bad("stereo", folder / "s.wav")
+    make_bad("empty", folder / "spk2" / "e.wav")
     dest = tmp_path / "m"
     assert main([str(folder), "--dest", str(dest), "--skip-bad", "--valid-percent", "0"]) == 0
     err = capsys.readouterr().err
-    assert "skipped 2 of 23 files" in err and "c.wav" in err and "s.wav" in err
-    _, rows = read(dest / "train.tsv")
-    assert len(rows) == 21
+    assert "skipped 3 of 24 files" in err
+    for name in ("c.wav", "s.wav", "e.wav"):
+        assert any(line.startswith("warning:") and name in line for line in err.splitlines())
+    rels = [rel for rel, _ in read(dest / "train.tsv")[1]]
+    assert len(rels) == 21 and not {"c.wav", "s.wav", "spk2/e.wav"} & set(rels)
 
 
 def test_no_audio_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
     assert main([str(tmp_path / "empty"), "--dest", str(tmp_path / "m")]) == 2
     assert "no .flac/.wav files" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), "--dest", str(tmp_path / "m")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_read_manifest_round_trip(folder, tmp_path):
+    assert main([str(folder), "--dest", str(tmp_path), "--valid-percent", "0"]) == 0
+    root, rows = read_manifest(str(tmp_path / "train.tsv"), check_files=True)
+    assert root == str(folder.resolve()) and len(rows) == 21
+    assert all(isinstance(frames, int) and frames == sf.info(str(folder / rel)).frames for rel, frames in rows)
+
+
+@pytest.mark.parametrize("body,line_no,problem", [
+    ("a.wav\t100\n\nb.wav\t100\n", 3, "empty line"),
+    ("a.wav\t100\nb.wav 100\n", 3, "expected 2 tab-separated fields"),
+    ("a.wav\t100\textra\n", 2, "expected 2 tab-separated fields"),
+    ("a.wav\tlots\n", 2, "frame count 'lots' is not an integer"),
+])
+def test_read_manifest_errors(tmp_path, body, line_no, problem):
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{tmp_path}\n{body}")
+    with pytest.raises(ValueError) as e:
+        read_manifest(str(manifest))
+    assert str(e.value).startswith(f"{manifest}:{line_no}: {problem}")
+
+
+def test_read_manifest_missing_file(tmp_path):
+    tone(tmp_path / "a.wav")
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{tmp_path}\na.wav\t4000\nsub/gone.wav\t4000\n")
+    assert read_manifest(str(manifest))[1] == [("a.wav", 4000), ("sub/gone.wav", 4000)]  # not checked by default
+    with pytest.raises(ValueError) as e:
+        read_manifest(str(manifest), check_files=True)
+    assert str(e.value).startswith(f"{manifest}:3: ") and str(e.value).endswith(str(tmp_path / "sub" / "gone.wav"))

@@ -42,7 +42,7 @@ def decode(data, ckpt, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pretrain-updates", type=int, default=300, help="pre-training updates")
-    p.add_argument("--finetune-updates", type=int, default=600, help="fine-tuning updates (both runs)")
+    p.add_argument("--finetune-updates", type=int, default=800, help="fine-tuning updates (both runs)")
     p.add_argument("--train-utts", type=int, default=400, help="utterances in the generated training corpus")
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     args = p.parse_args()
@@ -64,7 +64,7 @@ def main():
                                                           f"optimization.max_update={args.pretrain_updates}"])
     pretrain_s = time.time() - t0
     rows = []
-    for name, extra in (("data2vec pre-trained", []), ("random init", ["model.no_pretrained_weights=true"])):
+    for name, extra in (("data2vec pre-trained", []), ("random init", ["+model.no_pretrained_weights=true"])):
         t0 = time.time()
         train("examples/audio/finetuning", work / f"ft_run_{len(rows)}",
               [f"task.data={data}", f"model.w2v_path={work / 'pre' / 'checkpoint_last.pt'}",

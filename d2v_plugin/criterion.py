@@ -86,10 +86,13 @@ class Data2VecCriterion(FairseqCriterion):
                         f"ema_decay / the data, or change model.min_{name}."
                     )
 
+        # Every entry is a sum, so fairseq can all-reduce logs across workers (on any device);
+        # the means are recovered in reduce_metrics by dividing by "batches".
         logging_output = {
             "loss": loss.item() if reduce else loss.detach(),
             "sample_size": sample_size,
             "nsentences": sample["id"].numel() if "id" in sample else 0,
+            "batches": 1,
             "target_var": target_var.item(),
             "pred_var": pred_var.item(),
         }
@@ -103,12 +106,12 @@ class Data2VecCriterion(FairseqCriterion):
         loss = sum(log.get("loss", 0) for log in logging_outputs)
         metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=4)
         metrics.log_scalar("sample_size", sample_size, round=0)
+        batches = sum(log.get("batches", 0) for log in logging_outputs)
         for key in ("target_var", "pred_var", "ema_decay"):
-            values = [log[key] for log in logging_outputs if key in log]
-            if values:
-                metrics.log_scalar(key, sum(values) / len(values), len(values),
-                                   round=6 if key == "ema_decay" else 4)
+            if batches and any(key in log for log in logging_outputs):
+                total = sum(log.get(key, 0) for log in logging_outputs)
+                metrics.log_scalar(key, total / batches, batches, round=6 if key == "ema_decay" else 4)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        return False  # target_var / pred_var / ema_decay are means, not sums
+        return True

@@ -12,15 +12,21 @@ We never edit installed files; each fix wraps one fairseq function and says why.
    is not a multiple of it. Every epoch silently loses up to 7 samples of training data, validation
    scores skip samples, and ``fairseq-generate`` skips utterances. The batches are consecutive slices
    of the ordered indices, so we give the dropped tail back as the last batch.
+3. ``DistributedFairseqModel`` (fairseq.models.distributed_fairseq_model) always passes
+   ``device_ids=[device_id]`` to PyTorch's ``DistributedDataParallel``, which PyTorch rejects for a
+   CPU model. For CPU modules we pass none (what PyTorch expects), so gloo data-parallel training on
+   CPU works (started with ``d2v-hydra-train``, see d2v_plugin/launch.py).
 """
 
 import functools
 import os
 
 import numpy as np
+from torch.nn.parallel import DistributedDataParallel
 
 from fairseq.data import data_utils
 from fairseq.data.audio import raw_audio_dataset
+from fairseq.models import distributed_fairseq_model
 
 
 class ManifestError(ValueError):
@@ -99,5 +105,15 @@ def _patch_batch_by_size():
     data_utils.batch_by_size = batch_by_size
 
 
+class CpuFriendlyDistributedDataParallel(DistributedDataParallel):
+    """PyTorch's DDP, minus the device ids fairseq passes for a module that lives on the CPU."""
+
+    def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            device_ids = output_device = None
+        super().__init__(module, device_ids, output_device, *args, **kwargs)
+
+
 _patch_file_audio_dataset()
 _patch_batch_by_size()
+distributed_fairseq_model.DistributedDataParallel = CpuFriendlyDistributedDataParallel

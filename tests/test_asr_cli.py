@@ -9,7 +9,7 @@ import torch
 
 from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
 
-FINETUNE_UPDATES = 600
+FINETUNE_UPDATES = 800
 
 
 @pytest.fixture(scope="module")

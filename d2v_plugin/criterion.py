@@ -96,8 +96,9 @@ class Data2VecCriterion(FairseqCriterion):
             "target_var": target_var.item(),
             "pred_var": pred_var.item(),
         }
-        if "ema_decay" in out:
-            logging_output["ema_decay"] = out["ema_decay"]
+        for key in ("ema_decay", "feature_var"):  # optional, model-specific monitors
+            if key in out:
+                logging_output[key] = out[key]
         return loss, sample_size, logging_output
 
     @staticmethod
@@ -107,7 +108,7 @@ class Data2VecCriterion(FairseqCriterion):
         metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=4)
         metrics.log_scalar("sample_size", sample_size, round=0)
         batches = sum(log.get("batches", 0) for log in logging_outputs)
-        for key in ("target_var", "pred_var", "ema_decay"):
+        for key in ("target_var", "pred_var", "ema_decay", "feature_var"):
             if batches and any(key in log for log in logging_outputs):
                 total = sum(log.get(key, 0) for log in logging_outputs)
                 metrics.log_scalar(key, total / batches, batches, round=6 if key == "ema_decay" else 4)

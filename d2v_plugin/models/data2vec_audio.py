@@ -96,7 +96,24 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
             frames = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
             positions = torch.arange(features.size(1), device=features.device)
             frame_padding = positions.unsqueeze(0) >= frames.unsqueeze(1)
+        if self.training:
+            self._feature_var = self.feature_variation(features.detach(), frame_padding)
         return self.post_extract_proj(features), frame_padding
+
+    @staticmethod
+    def feature_variation(features: Tensor, frame_padding: Optional[Tensor]) -> float:
+        """How much the (layer-normed) conv features change over time: per-channel std over the frames
+        of each utterance, averaged. Near 0 means the feature encoder collapsed to a constant, which the
+        target_var/pred_var checks cannot see because the targets are instance-normalised (fairseq#5239).
+        """
+        if frame_padding is not None:
+            keep = (~frame_padding).unsqueeze(-1).float()
+            n = keep.sum(1).clamp(min=2)
+            mean = (features * keep).sum(1) / n
+            var = (((features - mean.unsqueeze(1)) ** 2) * keep).sum(1) / (n - 1)
+        else:
+            var = features.var(dim=1)
+        return var.clamp(min=0).sqrt().mean().item()
 
     def apply_mask(self, x: Tensor, padding_mask: Optional[Tensor], mask_indices: Optional[Tensor] = None,
                    mask_channel_indices: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
@@ -161,7 +178,10 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
             target = self.targets_from_teacher(ffn.transpose(0, 1) for _, _, ffn in teacher_blocks)
             target = target[mask_indices]
         pred = self.final_proj(x[mask_indices])
-        return {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+        out = {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+        if self.training:
+            out["feature_var"] = self._feature_var
+        return out
 
     def extract_features(self, source: Tensor, padding_mask: Optional[Tensor], mask: bool = False,
                          layer: Optional[int] = None):

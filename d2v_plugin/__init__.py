@@ -8,5 +8,7 @@ from d2v_plugin import fairseq_fixes  # noqa: F401  (first: documented fixes to 
 from d2v_plugin import criterion, wer_scorer  # noqa: F401
 from d2v_plugin.models import data2vec_audio, data2vec_audio_ctc  # noqa: F401
 from d2v_plugin.tasks import audio_ctc  # noqa: F401
+from d2v_plugin.models import data2vec_image, data2vec_image_classification  # noqa: F401
+from d2v_plugin.tasks import image_pretraining  # noqa: F401
 
 __version__ = "0.1.0"

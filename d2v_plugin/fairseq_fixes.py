@@ -16,6 +16,10 @@ We never edit installed files; each fix wraps one fairseq function and says why.
    ``device_ids=[device_id]`` to PyTorch's ``DistributedDataParallel``, which PyTorch rejects for a
    CPU model. For CPU modules we pass none (what PyTorch expects), so gloo data-parallel training on
    CPU works (started with ``d2v-hydra-train``, see d2v_plugin/launch.py).
+4. ``RawAudioDataset.collater`` crops clips with NumPy's *global* random generator, which nothing
+   seeds: a run resumed from a checkpoint crops differently from an uninterrupted one (and data-loader
+   workers forked from one process crop alike). Each batch's crops are now seeded from the epoch and
+   the ids of its samples, so training is reproducible across resumes.
 """
 
 import functools
@@ -105,6 +109,27 @@ def _patch_batch_by_size():
     data_utils.batch_by_size = batch_by_size
 
 
+def _patch_raw_audio_crops():
+    cls = raw_audio_dataset.RawAudioDataset
+    if getattr(cls, "_d2v_seeded_crops", False):
+        return
+    original_collater, original_set_epoch = cls.collater, cls.set_epoch
+
+    @functools.wraps(original_collater)
+    def collater(self, samples):
+        ids = [int(s["id"]) for s in samples if "id" in s]
+        with data_utils.numpy_seed(getattr(self, "_d2v_epoch", 0), *ids):
+            return original_collater(self, samples)
+
+    @functools.wraps(original_set_epoch)
+    def set_epoch(self, epoch):
+        self._d2v_epoch = epoch
+        return original_set_epoch(self, epoch)
+
+    cls.collater, cls.set_epoch = collater, set_epoch
+    cls._d2v_seeded_crops = True
+
+
 class CpuFriendlyDistributedDataParallel(DistributedDataParallel):
     """PyTorch's DDP, minus the device ids fairseq passes for a module that lives on the CPU."""
 
@@ -116,4 +141,5 @@ class CpuFriendlyDistributedDataParallel(DistributedDataParallel):
 
 _patch_file_audio_dataset()
 _patch_batch_by_size()
+_patch_raw_audio_crops()
 distributed_fairseq_model.DistributedDataParallel = CpuFriendlyDistributedDataParallel

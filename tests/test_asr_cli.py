@@ -41,7 +41,7 @@ def wer_line(output: str):
 def test_finetune_logs_validation_wer_and_checkpoints_load_safely(finetuned):
     ckpt_dir, output = finetuned
     valid = json_logs(output, "valid")
-    assert valid and "wer" in valid[-1] and "uer" in valid[-1]
+    assert valid and "valid_wer" in valid[-1] and "valid_uer" in valid[-1]
     state = torch.load(ckpt_dir / "checkpoint_last.pt", weights_only=True)
     assert not any("ema_teacher" in k or "final_proj" in k for k in state["model"])
     assert state["task_state"]["target_dictionary"]["symbols"][:4] == ["<s>", "<pad>", "</s>", "<unk>"]
@@ -62,12 +62,12 @@ def test_generate_decodes_every_utterance_with_low_wer(speech_data, finetuned, t
     assert beam_n == rows and beam_wer <= wer + 5.0
 
 
-def test_finetuning_resumes(speech_data, finetuned, tmp_path):
+def test_finetuning_resumes(speech_data, pretrained, finetuned, tmp_path):
     ckpt_dir, _ = finetuned
     resumed = tmp_path / "ckpt"
     shutil.copytree(ckpt_dir, resumed)
     proc = hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "run",
-                       [f"task.data={speech_data}", "model.w2v_path=/nonexistent/only/needed/for/a/new/run.pt",
+                       [f"task.data={speech_data}", f"model.w2v_path={pretrained[0] / 'checkpoint_last.pt'}",
                         f"checkpoint.save_dir={resumed}", f"optimization.max_update={FINETUNE_UPDATES + 10}"])
     out = proc.stdout + proc.stderr
     assert "Loaded checkpoint" in out

@@ -4,7 +4,7 @@ import shutil
 
 import torch
 
-from tests.cli import hydra_train, json_logs
+from tests.cli import USER_DIR, hydra_train, json_logs
 
 
 def test_pretraining_loss_goes_down_and_logs_variances(pretrained):
@@ -38,8 +38,10 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(speech_data, tmp_path):
     hydra_train("examples/audio/pretraining", "tiny_cpu", tmp_path / "r1",
                 common + [f"checkpoint.save_dir={resumed}", "optimization.max_update=15"])
     saved = torch.load(resumed / "checkpoint_last.pt", weights_only=True)["model"]
+    # (the second invocation also loads the plugin through a user_dir with a trailing slash)
     out = hydra_train("examples/audio/pretraining", "tiny_cpu", tmp_path / "r2",
-                      common + [f"checkpoint.save_dir={resumed}", "optimization.max_update=30"])
+                      common + [f"checkpoint.save_dir={resumed}", "optimization.max_update=30"],
+                      user_dir=USER_DIR + "/")
     assert "Loaded checkpoint" in out.stdout + out.stderr
     hydra_train("examples/audio/pretraining", "tiny_cpu", tmp_path / "r3",
                 common + [f"checkpoint.save_dir={straight}", "optimization.max_update=30"])

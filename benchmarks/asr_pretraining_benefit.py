@@ -42,7 +42,7 @@ def decode(data, ckpt, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pretrain-updates", type=int, default=300, help="pre-training updates")
-    p.add_argument("--finetune-updates", type=int, default=800, help="fine-tuning updates (both runs)")
+    p.add_argument("--finetune-updates", type=int, default=1500, help="fine-tuning updates (both runs)")
     p.add_argument("--train-utts", type=int, default=400, help="utterances in the generated training corpus")
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     args = p.parse_args()

@@ -9,7 +9,7 @@ import torch
 
 from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
 
-FINETUNE_UPDATES = 800
+FINETUNE_UPDATES = 1500
 
 
 @pytest.fixture(scope="module")

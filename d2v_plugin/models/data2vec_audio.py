@@ -67,6 +67,9 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         self.feature_extractor = ConvFeatureExtractionModel(
             conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
         )
+        if cfg.feature_grad_mult == 0:
+            # A frozen feature encoder: no gradients, no optimizer state, nothing for DDP to wait for.
+            self.feature_extractor.requires_grad_(False)
         self.layer_norm = LayerNorm(extractor_dim)
         self.post_extract_proj = nn.Linear(extractor_dim, cfg.encoder_embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)

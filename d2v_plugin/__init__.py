@@ -10,5 +10,6 @@ from d2v_plugin.models import data2vec_audio, data2vec_audio_ctc  # noqa: F401
 from d2v_plugin.tasks import audio_ctc  # noqa: F401
 from d2v_plugin.models import data2vec_image, data2vec_image_classification  # noqa: F401
 from d2v_plugin.tasks import image_pretraining  # noqa: F401
+from d2v_plugin.models import data2vec_text, data2vec_text_classification  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,17 +1,28 @@
-"""Speed and memory of d2v_plugin's data2vec_audio against fairseq's bundled reference, side by side.
+"""Speed and memory of d2v_plugin's data2vec models against fairseq's bundled reference, side by side.
 
-Each (implementation, size) runs in its own process (both register ``data2vec_audio``; a fresh process also
-gives a clean peak RSS) on the same architecture, the same batch and the same masks: Adam steps of
-forward + backward + EMA teacher update. Printed: median s/update after warm-up, peak RSS, achieved
-GFLOP/s (FLOPs of one update counted with torch's FlopCounterMode) and its ratio to the fp32 matmul peak
-measured in the same run; then the EMA update of the base model's teacher against one fused pass over
-the same bytes (the memory-bandwidth floor).
+Workloads: audio (tiny and base) against ``fairseq.examples.data2vec.models.data2vec_audio``, text (tiny)
+against ``...data2vec_text`` and image (tiny) against ``...data2vec_vision``, each pair with the same
+architecture, the same batch and the same masks (made once here and handed to both). Each
+(implementation, workload) runs in its own process (both sides register the same model names; a fresh
+process also gives a clean peak RSS): Adam steps of forward + backward + EMA teacher update. Printed:
+median s/update after warm-up, peak RSS (and peak device memory on a GPU), achieved GFLOP/s (FLOPs of
+one update counted with torch's per-op formulas) and its ratio to the matmul peak measured in the same
+run; then the EMA update of the base audio teacher against one fused pass over the same bytes (the
+memory-bandwidth floor). On a GPU (``--device cuda``, the default when one is present) both sides run
+under bf16 autocast.
 
-    .venv/bin/python benchmarks/speed.py                 # tiny and base audio, CPU, a few minutes
-    .venv/bin/python benchmarks/speed.py --sizes tiny --steps 5
+The reference needs a few workarounds to import and run (in its worker process only): a hash for
+fairseq's ``TransformerConfig`` (Python 3.11 dataclass defaults), numpy's removed ``np.int``, its debug
+prints silenced, and its mask samplers replaced by the shared masks.
+
+    .venv/bin/python benchmarks/speed.py                      # audio tiny+base, text, image: a few minutes
+    .venv/bin/python benchmarks/speed.py --modalities audio --sizes base --steps 3
+    BENCH_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/speed.py    # pin to one core
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -19,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {
+AUDIO_SIZES = {
     # the tiny CPU recipe (examples/audio/pretraining/tiny_cpu.yaml): ~9 s of audio per batch
     "tiny": dict(arch=dict(conv_feature_layers="[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2",
                            encoder_layers=4, encoder_embed_dim=128, encoder_ffn_embed_dim=256,
@@ -40,48 +52,155 @@ SIZES = {
                            extractor_mode="layer_norm"),
                  batch=(4, 40000)),
 }
-COMMON = dict(instance_norm_target_layer=True, mask_prob=0.65, mask_length=10, dropout=0.0,
-              attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, ema_decay=0.999,
-              ema_end_decay=0.9999, ema_anneal_end_step=1000)
+AUDIO_COMMON = dict(instance_norm_target_layer=True, mask_prob=0.65, mask_length=10, dropout=0.0,
+                    attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, ema_decay=0.999,
+                    ema_end_decay=0.9999, ema_anneal_end_step=1000)
+
+# examples/text/pretraining/tiny_cpu.yaml (dropout 0 on both sides, as for audio: no random streams to match);
+# our loss_positions=mask_token regresses the <mask> positions, the ones the reference uses
+TEXT_VOCAB, TEXT_BATCH = 1000, (32, 64)
+TEXT = dict(max_positions=64, head_layers=2, average_top_k_layers=3, layer_norm_target_layer=True, loss_beta=4.0,
+            loss_scale=1.0, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=300,
+            ema_transformer_layers_only=True,
+            transformer=dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layernorm_embedding=True,
+                             activation_fn="gelu", no_scale_embedding=True, max_source_positions=64,
+                             encoder=dict(embed_dim=128, ffn_embed_dim=512, layers=4, attention_heads=4,
+                                          normalize_before=False, learned_pos=True, layerdrop=0.0)))
+
+# examples/image/pretraining/tiny_cpu.yaml; LayerNorm eps 1e-5 on our side (the reference's; ours defaults to BEiT's 1e-6)
+IMAGE_BATCH = 32
+IMAGE = dict(image_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, drop_path=0.0, layer_scale_init_value=0.1,
+             num_mask_patches=38, min_mask_patches_per_block=4, max_mask_patches_per_block=64, average_top_k_layers=2,
+             layer_norm_targets=True, loss_beta=2.0, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=100)
+
+WORKLOADS = ["audio tiny", "audio base", "text tiny", "image tiny"]
 
 
-def build(impl: str, size: str):
-    cfg_kwargs = {**COMMON, **SIZES[size]["arch"]}
-    if impl == "reference":
-        from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
-    else:
-        import d2v_plugin  # noqa: F401
-        from d2v_plugin.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+# -- shared inputs (made once, in the parent) --------------------------------------------------------
+def text_dictionary():
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(TEXT_VOCAB):
+        d.add_symbol(f"w{i}")
+    d.add_symbol("<mask>")  # last, as the masked_lm task adds it
+    return d
+
+
+def make_inputs(workload: str) -> dict:
+    """The batch and masks of ``workload``, identical for both implementations."""
+    modality, size = workload.split()
+    g = torch.Generator().manual_seed(0)
+    if modality == "audio":
+        import numpy as np
+        from fairseq.data.data_utils import compute_mask_indices
+
+        b, n = AUDIO_SIZES[size]["batch"]
+        frames = n
+        for k, s in [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2:  # both sizes' conv kernels and strides
+            frames = (frames - k) // s + 1
+        # seed + epoch + indices: fairseq's deterministic mode (without them each row draws from fresh entropy)
+        mask = compute_mask_indices((b, frames), None, 0.65, 10, min_masks=1, seed=1, epoch=1,
+                                    indices=torch.arange(b))
+        return {"source": torch.randn(b, n, generator=g), "mask": torch.from_numpy(np.asarray(mask))}
+    if modality == "text":
+        d = text_dictionary()
+        b, t = TEXT_BATCH
+        tokens = torch.randint(d.nspecial, d.nspecial + TEXT_VOCAB, (b, t), generator=g)
+        tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
+        # BERT masking as fairseq's masked_lm: 15% selected; of those 80% <mask>, 10% random, 10% unchanged
+        selected = torch.rand(b, t, generator=g) < 0.15
+        selected[:, 0] = selected[:, -1] = False
+        kind = torch.rand(b, t, generator=g)
+        src = tokens.clone()
+        src[selected & (kind < 0.8)] = d.index("<mask>")
+        replace = selected & (kind >= 0.8) & (kind < 0.9)
+        src[replace] = torch.randint(d.nspecial, d.nspecial + TEXT_VOCAB, (b, t), generator=g)[replace]
+        target = torch.where(selected, tokens, torch.full_like(tokens, d.pad()))
+        return {"src": src, "target": target, "tokens": tokens}
+    from d2v_plugin.masking import block_mask_2d
+
+    grid = IMAGE["image_size"] // IMAGE["patch_size"]
     torch.manual_seed(0)
-    model = Data2VecAudioModel(Data2VecAudioConfig(**cfg_kwargs))
+    mask = block_mask_2d(IMAGE_BATCH, grid, grid, IMAGE["num_mask_patches"],
+                         min_block=IMAGE["min_mask_patches_per_block"], max_block=IMAGE["max_mask_patches_per_block"])
+    return {"images": torch.randn(IMAGE_BATCH, 3, IMAGE["image_size"], IMAGE["image_size"], generator=g),
+            "mask": mask.reshape(IMAGE_BATCH, -1)}
+
+
+# -- models (in the worker process) ------------------------------------------------------------------
+def build(impl: str, workload: str):
+    modality, size = workload.split()
+    torch.manual_seed(0)
+    if modality == "audio":
+        cfg_kwargs = {**AUDIO_COMMON, **AUDIO_SIZES[size]["arch"]}
+        if impl == "reference":
+            from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+        else:
+            import d2v_plugin  # noqa: F401
+            from d2v_plugin.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+        model = Data2VecAudioModel(Data2VecAudioConfig(**cfg_kwargs))
+        if impl == "reference":
+            with torch.no_grad():  # the reference's EMA deepcopy needs a weight-norm weight made without autograd
+                model.encoder.pos_conv(torch.zeros(1, cfg_kwargs["encoder_embed_dim"], 8))
+    elif modality == "text":
+        from omegaconf import OmegaConf
+
+        if impl == "reference":
+            from fairseq.models.transformer import TransformerConfig
+
+            TransformerConfig.__hash__ = object.__hash__  # its config's TransformerConfig() default (Python 3.11)
+            from fairseq.examples.data2vec.models.data2vec_text import (
+                Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel)
+
+            cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), TEXT)
+            # the unused decoder part interpolates ${model.decoder.embed_dim}, absent outside a hydra run
+            cfg.transformer.decoder.input_dim = cfg.transformer.decoder.output_dim = cfg.transformer.decoder.embed_dim
+            model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary(), None))
+        else:
+            import d2v_plugin  # noqa: F401
+            from d2v_plugin.models.data2vec_text import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
+
+            cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), TEXT, {"loss_positions": "mask_token"})
+            model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary()))
+    else:
+        if impl == "reference":
+            import numpy as np
+
+            if not hasattr(np, "int"):
+                np.int = int  # removed in numpy 1.24; the reference's make_mask uses it
+            from fairseq.examples.data2vec.models.data2vec_vision import Data2VecVisionConfig, Data2VecVisionModel
+
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints while building and in every forward
+                model = Data2VecVisionModel(Data2VecVisionConfig(**IMAGE))
+        else:
+            import d2v_plugin  # noqa: F401
+            from d2v_plugin.models.data2vec_image import Data2VecImageConfig, Data2VecImageModel
+
+            model = Data2VecImageModel(Data2VecImageConfig(**IMAGE, layer_norm_eps=1e-5))
     model.train()
-    if impl == "reference":
-        with torch.no_grad():  # the reference's EMA deepcopy needs a weight-norm weight made without autograd
-            model.encoder.pos_conv(torch.zeros(1, cfg_kwargs["encoder_embed_dim"], 8))
-        model.set_num_updates(0)  # builds its EMA teacher
     return model
 
 
-def batch(size: str):
-    b, n = SIZES[size]["batch"]
-    g = torch.Generator().manual_seed(0)
-    source = torch.randn(b, n, generator=g)
-    frames = n
-    for _, k, s in eval("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2"):
-        frames = (frames - k) // s + 1
-    from fairseq.data.data_utils import compute_mask_indices
-    import numpy as np
-    np.random.seed(0)
-    mask = torch.from_numpy(compute_mask_indices((b, frames), None, 0.65, 10, min_masks=1))
-    return source, mask
-
-
-def loss_of(impl, model, source, mask):
-    out = model(source, mask_indices=mask)
-    if impl == "reference":
-        return out["losses"]["regression"]
+def loss_of(impl: str, workload: str, model, inputs: dict):
+    modality = workload.split()[0]
+    if modality == "audio":
+        out = model(inputs["source"], mask_indices=inputs["mask"])
+        if impl == "reference":
+            return out["losses"]["regression"]
+    elif modality == "text":
+        if impl == "reference":  # its teacher input is `target_tokens`: the unmasked sentences
+            return model(inputs["src"], target_tokens=inputs["tokens"])["losses"]["main"]
+        out = model(inputs["src"], target_tokens=inputs["target"])
+    else:
+        if impl == "reference":
+            model.make_mask = lambda *args, **kwargs: inputs["mask"].long()
+            with contextlib.redirect_stdout(io.StringIO()):
+                return model(inputs["images"])["losses"]["regression"]
+        out = model(inputs["images"], mask_indices=inputs["mask"])
     from d2v_plugin.criterion import regression_loss
-    return regression_loss(out["pred"], out["target"], 0.0, None).sum()
+
+    return regression_loss(out["pred"], out["target"], model.cfg.loss_beta, model.cfg.loss_scale).sum()
 
 
 class CountFlops(TorchDispatchMode):
@@ -100,103 +219,148 @@ class CountFlops(TorchDispatchMode):
         return out
 
 
-def worker(impl: str, size: str, steps: int, warmup: int) -> dict:
+def autocast(device: str):
+    """bf16 autocast on a GPU (both implementations), plain fp32 on CPU."""
+    if device == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(impl: str, workload: str, device: str, inputs_path: str, steps: int, warmup: int) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count())))
-    model = build(impl, size)
-    source, mask = batch(size)
+    model = build(impl, workload).to(device)
+    if impl == "reference":
+        model.set_num_updates(0)  # builds its EMA teacher, on the model's device
+    inputs = {k: v.to(device) for k, v in torch.load(inputs_path, weights_only=True).items()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for step in range(warmup + steps):
+        sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(impl, model, source, mask)
+        with autocast(device):
+            loss = loss_of(impl, workload, model, inputs)
         loss.backward()
         opt.step()
         model.set_num_updates(step + 1)  # the EMA teacher step, as fairseq calls it
+        sync(device)
         times.append(time.perf_counter() - t0)
-    with CountFlops() as counter:
-        loss_of(impl, model, source, mask).backward()
-    return {"s_per_update": statistics.median(times[warmup:]), "loss": float(loss),
+    with CountFlops() as counter, autocast(device):
+        loss_of(impl, workload, model, inputs).backward()
+    return {"s_per_update": statistics.median(times[warmup:]), "loss": loss.item(),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_device_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             "flops": counter.total}
 
 
-def matmul_peak_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_peak_gflops(device: str) -> float:
+    """Best of 10 square matmuls (fp32 on CPU, bf16 on a GPU: the dtype the runs use)."""
+    n = 2048 if device == "cpu" else 8192
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     t = []
     for _ in range(10):
+        sync(device)
         t0 = time.perf_counter()
         a @ b
+        sync(device)
         t.append(time.perf_counter() - t0)
-    return 2 * 2048**3 / min(t) / 1e9
+    return 2 * n**3 / min(t) / 1e9
 
 
-def ema_bench() -> dict:
-    """EMA update of the base model's teacher (transformer only): ours, fairseq's EMAModule, one fused pass."""
+def ema_bench(device: str) -> dict:
+    """EMA update of the base audio teacher (transformer only): ours, fairseq's EMAModule, one fused pass."""
     import copy
 
     import d2v_plugin  # noqa: F401
     from d2v_plugin.ema_teacher import EmaTeacher
     from fairseq.modules import EMAModule, EMAModuleConfig
 
-    encoder = build("ours", "base").encoder
+    encoder = build("ours", "audio base").encoder.to(device)
     n = sum(p.numel() for p in encoder.parameters())
 
     def median_time(fn, reps=10):
         fn()
         t = []
         for _ in range(reps):
+            sync(device)
             t0 = time.perf_counter()
             fn()
+            sync(device)
             t.append(time.perf_counter() - t0)
         return statistics.median(t)
 
     ours = EmaTeacher(encoder, 0.999, 0.9999, 1000)
     counter = iter(range(1, 10**6))
     ours_s = median_time(lambda: ours.step(encoder, next(counter)))
-    ref = EMAModule(copy.deepcopy(encoder), EMAModuleConfig(ema_decay=0.999, ema_fp32=True))
+    ref = EMAModule(copy.deepcopy(encoder), EMAModuleConfig(ema_decay=0.999, ema_fp32=True), device=device)
     ref_s = median_time(lambda: ref.step(encoder))
-    flat_t, flat_s = torch.randn(n), torch.randn(n)
+    flat_t, flat_s = torch.randn(n, device=device), torch.randn(n, device=device)
     floor_s = median_time(lambda: flat_t.lerp_(flat_s, 0.001))
     return {"params": n, "ours": ours_s, "reference": ref_s, "floor": floor_s}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=list(SIZES), help="model sizes")
+    p.add_argument("--modalities", nargs="+", default=["audio", "text", "image"], choices=["audio", "text", "image"])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=list(AUDIO_SIZES),
+                   help="audio model sizes (text and image: tiny)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=8, help="timed updates per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    p.add_argument("--worker", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--no-ema", action="store_true", help="skip the EMA update comparison")
+    p.add_argument("--worker", nargs=3, metavar=("IMPL", "WORKLOAD", "INPUTS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps, args.warmup)))
+        impl, workload, inputs_path = args.worker
+        print(json.dumps(worker(impl, workload, args.device, inputs_path, args.steps, args.warmup)))
         return
-    torch.set_num_threads(os.cpu_count())
-    peak = matmul_peak_gflops()
-    print(f"{time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()} | {os.cpu_count()} threads | "
-          f"torch {torch.__version__} | fp32 matmul peak {peak:.0f} GFLOP/s\n")
-    print("| model | implementation | s/update | updates/s vs reference | peak RSS GiB | GFLOP/s | % of matmul peak |")
+    threads = int(os.environ.get("BENCH_THREADS", os.cpu_count()))
+    torch.set_num_threads(threads)
+    peak = matmul_peak_gflops(args.device)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {threads} threads"
+    precision = "bf16 autocast" if args.device == "cuda" else "fp32"
+    print(f"{time.strftime('%Y-%m-%d')} | {where} | torch {torch.__version__} | {precision} | "
+          f"matmul peak {peak:.0f} GFLOP/s\n")
+    memory = "peak device GiB" if args.device == "cuda" else "peak RSS GiB"
+    print(f"| model | implementation | s/update | updates/s vs reference | {memory} | GFLOP/s | % of matmul peak |")
     print("|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        results = {}
-        for impl in ("reference", "ours"):
-            out = subprocess.run([sys.executable, __file__, "--worker", impl, size, "--steps", str(args.steps),
-                                  "--warmup", str(args.warmup)], cwd=REPO, capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
-            if out.returncode != 0:
-                raise SystemExit(f"{impl} {size} failed:\n{out.stderr[-3000:]}")
-            results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        for impl, r in results.items():
-            gflops = r["flops"] / r["s_per_update"] / 1e9
-            speedup = results["reference"]["s_per_update"] / r["s_per_update"]
-            print(f"| audio {size} | {impl} | {r['s_per_update']:.3f} | {speedup:.2f}x | {r['peak_rss_gib']:.2f} | "
-                  f"{gflops:.0f} | {100 * gflops / peak:.0f}% |")
-    ema = ema_bench()
-    print(f"\nEMA teacher update, base transformer ({ema['params'] / 1e6:.0f} M params, fp32): "
-          f"ours {1e3 * ema['ours']:.1f} ms ({ema['ours'] / ema['floor']:.2f}x the floor), "
-          f"fairseq EMAModule {1e3 * ema['reference']:.1f} ms, one fused pass {1e3 * ema['floor']:.1f} ms")
+    workloads = [w for w in WORKLOADS if w.split()[0] in args.modalities
+                 and (w.split()[0] != "audio" or w.split()[1] in args.sizes)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in workloads:
+            inputs_path = os.path.join(tmp, workload.replace(" ", "_") + ".pt")
+            torch.save(make_inputs(workload), inputs_path)
+            results = {}
+            for impl in ("reference", "ours"):
+                out = subprocess.run([sys.executable, __file__, "--worker", impl, workload, inputs_path,
+                                      "--device", args.device, "--steps", str(args.steps), "--warmup",
+                                      str(args.warmup)], cwd=REPO, capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                if out.returncode != 0:
+                    raise SystemExit(f"{impl} {workload} failed:\n{out.stderr[-3000:]}")
+                results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+            for impl, r in results.items():
+                gflops = r["flops"] / r["s_per_update"] / 1e9
+                speedup = results["reference"]["s_per_update"] / r["s_per_update"]
+                mem = r["peak_device_gib"] if args.device == "cuda" else r["peak_rss_gib"]
+                print(f"| {workload} | {impl} | {r['s_per_update']:.3f} | {speedup:.2f}x | {mem:.2f} | "
+                      f"{gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
+    if args.device == "cpu" and os.environ.get("D2V_KEEP_FREED_MEMORY", "1") != "0":
+        print("\nours: glibc malloc keeps freed memory for reuse (d2v_plugin/cpu_allocator.py); "
+              "D2V_KEEP_FREED_MEMORY=0 measures ours without it")
+    if not args.no_ema:
+        ema = ema_bench(args.device)
+        print(f"\nEMA teacher update, base audio transformer ({ema['params'] / 1e6:.0f} M params, fp32): "
+              f"ours {1e3 * ema['ours']:.1f} ms ({ema['ours'] / ema['floor']:.2f}x the floor), "
+              f"fairseq EMAModule {1e3 * ema['reference']:.1f} ms, one fused pass {1e3 * ema['floor']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import Tensor
 
+from d2v_plugin.cpu_allocator import keep_freed_memory
 from d2v_plugin.ema_teacher import EmaTeacher
 from d2v_plugin.targets import make_targets
 
@@ -29,6 +30,7 @@ class TeacherStudentMixin:
 
     def build_ema_teacher(self, student_name: str, copy_prefixes: Iterable[str] = ()) -> None:
         """Create the teacher as a copy of ``getattr(self, student_name)`` (called from ``__init__``)."""
+        keep_freed_memory()  # CPU training: reuse freed activations instead of page-faulting new ones
         self.num_updates = 0
         self.teacher_tracks = student_name
         self.ema_teacher = EmaTeacher(

@@ -15,14 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from fairseq.models import BaseFairseqModel, register_model
-from fairseq.models.wav2vec.wav2vec2 import (
-    ConvFeatureExtractionModel,
-    TransformerEncoder,
-    Wav2Vec2Config,
-)
+from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
 from fairseq.modules import GradMultiply, LayerNorm
 
 from d2v_plugin.config import Data2VecConfig
+from d2v_plugin.conv_features import ConvFeatureExtractor
 from d2v_plugin.masking import channel_mask, span_mask
 from d2v_plugin.teacher_student import TeacherStudentMixin
 
@@ -64,7 +61,8 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         self.conv_layers = eval(cfg.conv_feature_layers)  # fairseq's format: "[(dim, kernel, stride)] * n"
         extractor_dim = self.conv_layers[-1][0]
 
-        self.feature_extractor = ConvFeatureExtractionModel(
+        # fairseq's conv feature encoder (same modules and weights) with a faster forward on CPU
+        self.feature_extractor = ConvFeatureExtractor(
             conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
         )
         if cfg.feature_grad_mult == 0:

@@ -163,7 +163,9 @@ class EmaTeacher(nn.Module):
 
         A low-precision input (fp16/bf16 student) runs the fp32 teacher under autocast.
         """
-        fn = getattr(self.model, fn_name)
+        fn = self.model
+        for name in fn_name.split("."):  # "extract_features" or "encoder.extract_features"
+            fn = getattr(fn, name)
         with torch.no_grad():
             if x.dtype in (torch.float16, torch.bfloat16):
                 with torch.autocast(device_type=x.device.type, dtype=x.dtype):

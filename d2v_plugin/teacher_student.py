@@ -12,7 +12,7 @@ A modality file only builds its modules and writes ``forward``.
 from typing import Dict, Iterable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from d2v_plugin.cpu_allocator import keep_freed_memory
 from d2v_plugin.ema_teacher import EmaTeacher
@@ -28,11 +28,21 @@ class TeacherStudentMixin:
     ema_teacher: Optional[EmaTeacher]
     regression_head_name = "final_proj"
 
-    def build_ema_teacher(self, student_name: str, copy_prefixes: Iterable[str] = ()) -> None:
-        """Create the teacher as a copy of ``getattr(self, student_name)`` (called from ``__init__``)."""
+    def build_ema_teacher(self, student_name: str, copy_prefixes: Iterable[str] = (),
+                          student_modules: Optional[Iterable[str]] = None) -> None:
+        """Create the teacher as a copy of ``getattr(self, student_name)`` (called from ``__init__``).
+
+        With ``student_modules`` the teacher tracks several top-level modules of the model at once
+        (e.g. audio's feature encoder *and* transformer): ``student_name`` then names an unregistered
+        :class:`~torch.nn.ModuleDict` view of them, so the teacher's parameter names equal the
+        student's (``feature_extractor.*``, ``encoder.*``) and the model's own state dict is unchanged.
+        """
         keep_freed_memory()  # CPU training: reuse freed activations instead of page-faulting new ones
         self.num_updates = 0
         self.teacher_tracks = student_name
+        if student_modules is not None:
+            # Stored in __dict__, not registered: the same modules must not appear twice in the state dict.
+            self.__dict__[student_name] = nn.ModuleDict({n: getattr(self, n) for n in student_modules})
         self.ema_teacher = EmaTeacher(
             getattr(self, student_name),
             ema_decay=self.cfg.ema_decay,
@@ -78,13 +88,21 @@ class TeacherStudentMixin:
                     del state_dict[k]
             return
 
+        # A view of several top-level modules (see build_ema_teacher) has the model's own names.
+        tracked_prefix = "" if self.teacher_tracks in self.__dict__ else f"{self.teacher_tracks}."
         if reference_teacher is not None:
+            # The reference's whole-model EMA also holds modules our teacher does not (the regression
+            # head, the mask embedding): only what our teacher tracks is taken.
+            teacher_keys = set(self.ema_teacher.model.state_dict())
             for k, v in reference_teacher.items():
-                state_dict[f"{teacher_prefix}model.{k}"] = v
+                if k in teacher_keys:
+                    state_dict[f"{teacher_prefix}model.{k}"] = v
         if not any(k.startswith(teacher_prefix + "model.") for k in state_dict):
             # No teacher saved (e.g. a reference model whose EMA was never built): start it as a copy
             # of the student's tracked module, which is what the teacher is at update 0.
-            student_prefix = f"{prefix}{self.teacher_tracks}."
+            teacher_keys = set(self.ema_teacher.model.state_dict())
+            student_prefix = f"{prefix}{tracked_prefix}"
             for k in [k for k in state_dict if k.startswith(student_prefix)]:
-                state_dict[f"{teacher_prefix}model.{k[len(student_prefix):]}"] = state_dict[k].float()
+                if k[len(student_prefix):] in teacher_keys:
+                    state_dict[f"{teacher_prefix}model.{k[len(student_prefix):]}"] = state_dict[k].float()
         state_dict.setdefault(f"{teacher_prefix}num_updates", torch.zeros((), dtype=torch.long))

@@ -30,8 +30,10 @@ class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig):
 
     ema_transformer_only: bool = field(
         default=True,
-        metadata={"help": "the teacher tracks the transformer only and shares the conv feature "
-                          "encoder with the student (the paper's setting; False is not supported)"},
+        metadata={"help": "true: the teacher tracks the transformer only and shares the conv feature "
+                          "encoder with the student (the paper's setting); false: the teacher has its own "
+                          "EMA copy of the feature encoder too and encodes the waveform itself, which keeps "
+                          "a trained feature encoder from collapsing on small data (fairseq#5239)"},
     )
     ema_layers_only: bool = field(
         default=True,
@@ -51,9 +53,6 @@ def conv_output_lengths(lengths: Tensor, conv_layers: List[Tuple[int, int, int]]
 class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
     def __init__(self, cfg: Data2VecAudioConfig):
         super().__init__()
-        if not cfg.ema_transformer_only:
-            raise ValueError("model.ema_transformer_only=false is not supported: the teacher tracks "
-                             "the transformer and shares the feature encoder (the paper's setting)")
         if not 0 < cfg.average_top_k_layers <= cfg.encoder_layers:
             raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in "
                              f"1..encoder_layers ({cfg.encoder_layers})")
@@ -74,7 +73,14 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         self.encoder = TransformerEncoder(cfg)
         self.final_proj = nn.Linear(cfg.encoder_embed_dim, cfg.encoder_embed_dim)
-        self.build_ema_teacher("encoder", copy_prefixes=("pos_conv.",) if cfg.ema_layers_only else ())
+        if cfg.ema_transformer_only:
+            self.build_ema_teacher("encoder", copy_prefixes=("pos_conv.",) if cfg.ema_layers_only else ())
+        else:
+            # Why: with a shared feature encoder the student can make the teacher's input (and so the
+            # targets) trivial by flattening the conv features; an EMA copy moves too slowly for that.
+            self.build_ema_teacher(
+                "teacher_tracked", copy_prefixes=("encoder.pos_conv.",) if cfg.ema_layers_only else (),
+                student_modules=("feature_extractor", "layer_norm", "post_extract_proj", "encoder"))
 
     @classmethod
     def build_model(cls, cfg: Data2VecAudioConfig, task=None):
@@ -91,15 +97,28 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
             with torch.no_grad():
                 features = self.feature_extractor(source)
         features = self.layer_norm(features.transpose(1, 2))
-
-        frame_padding = None
-        if padding_mask is not None and padding_mask.any():
-            frames = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
-            positions = torch.arange(features.size(1), device=features.device)
-            frame_padding = positions.unsqueeze(0) >= frames.unsqueeze(1)
+        frame_padding = self.frame_padding(features, padding_mask)
         if self.training:
             self._feature_var = self.feature_variation(features.detach(), frame_padding)
         return self.post_extract_proj(features), frame_padding
+
+    def frame_padding(self, features: Tensor, padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+        """``(B, T)`` bool padding of the conv frames from the ``(B, S)`` sample padding (None: none)."""
+        if padding_mask is None or not padding_mask.any():
+            return None
+        frames = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
+        positions = torch.arange(features.size(1), device=features.device)
+        return positions.unsqueeze(0) >= frames.unsqueeze(1)
+
+    def teacher_features(self, source: Tensor, features: Tensor) -> Tensor:
+        """The teacher's transformer input: the student's unmasked ``features`` when the feature encoder
+        is shared, else the teacher's own feature encoder on the ``(B, S)`` waveforms."""
+        if self.cfg.ema_transformer_only:
+            return features
+        teacher = self.ema_teacher.model
+        with torch.no_grad():
+            conv = teacher.feature_extractor(source.to(teacher.post_extract_proj.weight.dtype))
+            return teacher.post_extract_proj(teacher.layer_norm(conv.transpose(1, 2)))
 
     @staticmethod
     def feature_variation(features: Tensor, frame_padding: Optional[Tensor]) -> float:
@@ -169,10 +188,12 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         if mask_indices is None:
             raise ValueError("data2vec pre-training needs masked frames: set model.mask_prob > 0")
 
-        # The teacher sees the same (shared) features, unmasked. Each block result is
-        # (output, attention, FFN output before the last residual); the targets use the latter.
+        # The teacher sees unmasked features: the shared ones, or those of its own feature encoder.
+        # Each block result is (output, attention, FFN output before the last residual); the targets
+        # use the latter.
+        encoder = "extract_features" if self.cfg.ema_transformer_only else "encoder.extract_features"
         _, teacher_blocks = self.ema_teacher.run(
-            "extract_features", features, padding_mask=padding_mask,
+            encoder, self.teacher_features(source, features), padding_mask=padding_mask,
             min_layer=self.cfg.encoder_layers - self.cfg.average_top_k_layers,
         )
         with torch.no_grad():

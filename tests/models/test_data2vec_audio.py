@@ -9,7 +9,7 @@ import torch
 
 from d2v_plugin.criterion import mean_std, regression_loss
 from d2v_plugin.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
-from tests.reference.audio_config import TINY_AUDIO, make_batch
+from tests.reference.audio_config import TINY_AUDIO, VARIANTS, make_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,16 +23,24 @@ def reference(tmp_path_factory):
     return torch.load(out, weights_only=True)
 
 
-def test_reference_state_dict_loads_and_gives_the_same_loss(reference):
-    model = Data2VecAudioModel(Data2VecAudioConfig(**TINY_AUDIO))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_reference_state_dict_loads_and_gives_the_same_loss(reference, variant):
+    reference = reference[variant]
+    model = Data2VecAudioModel(Data2VecAudioConfig(**{**TINY_AUDIO, **VARIANTS[variant]}))
     model.train()
     state = dict(reference["state_dict"])
     assert "_ema" in state  # the reference keeps its teacher as a flat dict
     model.load_state_dict(state, strict=True)
     # our teacher holds the reference's EMA weights, not a copy of the student
     ema = reference["state_dict"]["_ema"]
-    assert torch.equal(model.ema_teacher.model.layers[0].fc1.weight, ema["layers.0.fc1.weight"])
-    assert not torch.equal(model.encoder.layers[0].fc1.weight, ema["layers.0.fc1.weight"])
+    prefix = "" if model.cfg.ema_transformer_only else "encoder."  # the reference's EMA of the whole model
+    assert torch.equal(model.ema_teacher.model.state_dict()[prefix + "layers.0.fc1.weight"],
+                       ema[prefix + "layers.0.fc1.weight"])
+    assert not torch.equal(model.encoder.layers[0].fc1.weight, ema[prefix + "layers.0.fc1.weight"])
+    if not model.cfg.ema_transformer_only:  # the teacher's own feature encoder, with the reference's weights
+        conv = "feature_extractor.conv_layers.0.0.weight"
+        assert torch.equal(model.ema_teacher.model.state_dict()[conv], ema[conv])
+        assert not torch.equal(model.state_dict()[conv], ema[conv])
 
     source, padding_mask, mask = make_batch()
     out = model(source, padding_mask, mask_indices=mask)
@@ -44,14 +52,18 @@ def test_reference_state_dict_loads_and_gives_the_same_loss(reference):
     torch.testing.assert_close(mean_std(out["pred"]), reference["pred_var"], rtol=1e-5, atol=0)
 
 
-def test_checkpoint_round_trip_and_fine_tuning_surgery(tmp_path):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_checkpoint_round_trip_and_fine_tuning_surgery(tmp_path, variant):
     torch.manual_seed(0)
-    model = Data2VecAudioModel(Data2VecAudioConfig(**TINY_AUDIO))
+    cfg = Data2VecAudioConfig(**{**TINY_AUDIO, **VARIANTS[variant]})
+    model = Data2VecAudioModel(cfg)
     model.set_num_updates(1)
     path = tmp_path / "m.pt"
     torch.save({"model": model.state_dict()}, path)
     state = torch.load(path, weights_only=True)["model"]
-    other = Data2VecAudioModel(Data2VecAudioConfig(**TINY_AUDIO))
+    # every parameter is saved once: the teacher's view of the student's modules adds no keys
+    assert len(state) == len(model.state_dict()) == len(dict(model.named_parameters())) + len(dict(model.named_buffers()))
+    other = Data2VecAudioModel(cfg)
     other.load_state_dict(dict(state), strict=True)
     for k, v in model.state_dict().items():
         assert torch.equal(other.state_dict()[k], v), k

@@ -25,6 +25,16 @@ TINY_AUDIO = dict(
     mask_length=3,
 )
 
+# Teacher variants compared with the reference: the paper's (the teacher shares the student's feature
+# encoder and averages only the transformer blocks) and a whole-encoder teacher with its own EMA feature
+# encoder (the reference ties ema_transformer_only=false to ema_layers_only=false). In that mode the
+# reference ignores average_top_k_layers and averages every block (it never passes min_layer to its
+# teacher); ours keeps the top K, so the comparison uses K = all blocks.
+VARIANTS = {
+    "shared_feature_encoder": {},
+    "ema_feature_encoder": dict(ema_transformer_only=False, ema_layers_only=False, average_top_k_layers=4),
+}
+
 
 def make_batch():
     """Two waveforms (the second padded) and a fixed (B, T) frame mask."""

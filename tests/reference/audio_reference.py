@@ -10,12 +10,12 @@ import torch
 
 from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
 
-from tests.reference.audio_config import TINY_AUDIO, make_batch
+from tests.reference.audio_config import TINY_AUDIO, VARIANTS, make_batch
 
 
-def main(out_path: str) -> None:
+def run_variant(options: dict) -> dict:
     torch.manual_seed(0)
-    cfg = Data2VecAudioConfig(**TINY_AUDIO)
+    cfg = Data2VecAudioConfig(**{**TINY_AUDIO, **options})
     model = Data2VecAudioModel(cfg)
     model.train()
     # Workaround kept in the test: on torch 2.x the reference's EMA deepcopy fails on the
@@ -31,16 +31,17 @@ def main(out_path: str) -> None:
 
     source, padding_mask, mask_indices = make_batch()
     result = model(source, padding_mask=padding_mask, mask_indices=mask_indices)
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "loss": result["losses"]["regression"].detach(),
-            "sample_size": result["sample_size"],
-            "target_var": result["target_var"],
-            "pred_var": result["pred_var"],
-        },
-        out_path,
-    )
+    return {
+        "state_dict": model.state_dict(),
+        "loss": result["losses"]["regression"].detach(),
+        "sample_size": result["sample_size"],
+        "target_var": result["target_var"],
+        "pred_var": result["pred_var"],
+    }
+
+
+def main(out_path: str) -> None:
+    torch.save({name: run_variant(options) for name, options in VARIANTS.items()}, out_path)
 
 
 if __name__ == "__main__":

@@ -182,10 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         return build(args)
-    except ManifestInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. --dest not writable: a message, not a traceback
+    except (ManifestInputError, OSError) as e:  # OSError: e.g. --dest not writable; a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

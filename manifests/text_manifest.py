@@ -291,10 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f".{args.dest.name}.", dir=args.dest.parent) as work:
             move_into(build(args, Path(work)), args.dest)
         return 0
-    except TextInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. --dest not writable: a message, not a traceback
+    except (TextInputError, OSError) as e:  # OSError: e.g. --dest not writable; a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ prints silenced, and its mask samplers replaced by the shared masks.
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -233,6 +234,13 @@ def sync(device: str) -> None:
 
 def worker(impl: str, workload: str, device: str, inputs_path: str, steps: int, warmup: int) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count())))
+    # Both sides run with the allocator setting our models apply when built (off with D2V_KEEP_FREED_MEMORY=0):
+    # it changes no arithmetic, so the table compares the implementations, not glibc settings.
+    # Loaded by path: importing the d2v_plugin package would register our model names in the reference's process.
+    spec = importlib.util.spec_from_file_location("cpu_allocator", REPO / "d2v_plugin" / "cpu_allocator.py")
+    cpu_allocator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_allocator)
+    cpu_allocator.keep_freed_memory()
     model = build(impl, workload).to(device)
     if impl == "reference":
         model.set_num_updates(0)  # builds its EMA teacher, on the model's device
@@ -354,8 +362,8 @@ def main():
                 print(f"| {workload} | {impl} | {r['s_per_update']:.3f} | {speedup:.2f}x | {mem:.2f} | "
                       f"{gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
     if args.device == "cpu" and os.environ.get("D2V_KEEP_FREED_MEMORY", "1") != "0":
-        print("\nours: glibc malloc keeps freed memory for reuse (d2v_plugin/cpu_allocator.py); "
-              "D2V_KEEP_FREED_MEMORY=0 measures ours without it")
+        print("\nboth sides: glibc malloc keeps freed memory for reuse (d2v_plugin/cpu_allocator.py); "
+              "D2V_KEEP_FREED_MEMORY=0 measures both without it")
     if not args.no_ema:
         ema = ema_bench(args.device)
         print(f"\nEMA teacher update, base audio transformer ({ema['params'] / 1e6:.0f} M params, fp32): "

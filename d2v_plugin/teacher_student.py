@@ -40,9 +40,12 @@ class TeacherStudentMixin:
         keep_freed_memory()  # CPU training: reuse freed activations instead of page-faulting new ones
         self.num_updates = 0
         self.teacher_tracks = student_name
+        # where the tracked parameters sit in the model's state dict (a view's are the model's own names)
+        self.tracked_state_prefix = f"{student_name}."
         if student_modules is not None:
             # Stored in __dict__, not registered: the same modules must not appear twice in the state dict.
             self.__dict__[student_name] = nn.ModuleDict({n: getattr(self, n) for n in student_modules})
+            self.tracked_state_prefix = ""
         self.ema_teacher = EmaTeacher(
             getattr(self, student_name),
             ema_decay=self.cfg.ema_decay,
@@ -88,20 +91,17 @@ class TeacherStudentMixin:
                     del state_dict[k]
             return
 
-        # A view of several top-level modules (see build_ema_teacher) has the model's own names.
-        tracked_prefix = "" if self.teacher_tracks in self.__dict__ else f"{self.teacher_tracks}."
+        teacher_keys = set(self.ema_teacher.model.state_dict())
         if reference_teacher is not None:
             # The reference's whole-model EMA also holds modules our teacher does not (the regression
             # head, the mask embedding): only what our teacher tracks is taken.
-            teacher_keys = set(self.ema_teacher.model.state_dict())
             for k, v in reference_teacher.items():
                 if k in teacher_keys:
                     state_dict[f"{teacher_prefix}model.{k}"] = v
         if not any(k.startswith(teacher_prefix + "model.") for k in state_dict):
             # No teacher saved (e.g. a reference model whose EMA was never built): start it as a copy
             # of the student's tracked module, which is what the teacher is at update 0.
-            teacher_keys = set(self.ema_teacher.model.state_dict())
-            student_prefix = f"{prefix}{tracked_prefix}"
+            student_prefix = f"{prefix}{self.tracked_state_prefix}"
             for k in [k for k in state_dict if k.startswith(student_prefix)]:
                 if k[len(student_prefix):] in teacher_keys:
                     state_dict[f"{teacher_prefix}model.{k[len(student_prefix):]}"] = state_dict[k].float()

@@ -10,6 +10,7 @@ import torch
 
 from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
 
+from tests.reference import build_teacher_apart_from_student
 from tests.reference.audio_config import TINY_AUDIO, VARIANTS, make_batch
 
 
@@ -22,12 +23,7 @@ def run_variant(options: dict) -> dict:
     # weight-normed positional conv unless its computed weight was last made without autograd.
     with torch.no_grad():
         model.encoder.pos_conv(torch.zeros(1, cfg.encoder_embed_dim, 8))
-    model.set_num_updates(0)  # builds the reference's EMA teacher
-    # Make the teacher differ from the student, as it does during training.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    model.set_num_updates(1)
+    build_teacher_apart_from_student(model)
 
     source, padding_mask, mask_indices = make_batch()
     result = model(source, padding_mask=padding_mask, mask_indices=mask_indices)

@@ -21,6 +21,7 @@ from fairseq.examples.data2vec.models.data2vec_vision import (  # noqa: E402
     Data2VecVisionModel,
 )
 
+from tests.reference import build_teacher_apart_from_student  # noqa: E402
 from tests.reference.image_config import TINY_IMAGE, VARIANTS, make_batch  # noqa: E402
 
 
@@ -31,11 +32,7 @@ def run_variant(options: dict) -> dict:
     model.train()
     with torch.no_grad():  # the table starts at zero; give positions a visible effect
         model.encoder.rel_pos_bias.relative_position_bias_table.normal_(0, 1)
-    model.set_num_updates(0)  # builds the reference's EMA teacher
-    with torch.no_grad():  # make the teacher differ from the student, as during training
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    model.set_num_updates(1)
+    build_teacher_apart_from_student(model)
 
     images, mask = make_batch()
     model.make_mask = lambda *args, **kwargs: mask.long()

@@ -21,6 +21,7 @@ from fairseq.examples.data2vec.models.data2vec_text import (  # noqa: E402
     Data2VecTextModel,
 )
 
+from tests.reference import build_teacher_apart_from_student  # noqa: E402
 from tests.reference.text_config import TINY_TEXT, make_batch, make_dictionary  # noqa: E402
 
 
@@ -32,12 +33,7 @@ def main(out_path: str) -> None:
     cfg.transformer.decoder.input_dim = cfg.transformer.decoder.output_dim = cfg.transformer.decoder.embed_dim
     model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, make_dictionary(), None))
     model.train()
-    model.set_num_updates(0)  # builds the reference's EMA teacher
-    # Make the teacher differ from the student, as it does during training.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    model.set_num_updates(1)
+    build_teacher_apart_from_student(model)
 
     src_tokens, _, tokens = make_batch()
     # The reference's teacher input is its `target_tokens` argument: give it the unmasked sentences

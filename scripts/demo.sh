@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: set up .venv (first run only), then on a generated toy speech corpus
-# (a "spoken alphabet" with known transcripts) pre-train data2vec, fine-tune it with CTC and decode a
+# (a "whistled alphabet" with known transcripts) pre-train data2vec, fine-tune it with CTC and decode a
 # held-out split with fairseq-generate, printing its WER. Everything runs on CPU in a few minutes.
 # Each run writes a new folder under demo_output/ (override with DEMO_DIR=...).
 set -euo pipefail
@@ -14,7 +14,7 @@ OUT=$(cd "$OUT" && pwd)
 USER_DIR=$PWD/d2v_plugin
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-echo "== 1/5 generating a toy spoken-alphabet corpus in $OUT/audio"
+echo "== 1/5 generating a toy whistled-alphabet corpus in $OUT/audio"
 $PY -m manifests.toy_speech "$OUT/audio/train" --num-utts 400 --seed 1
 $PY -m manifests.toy_speech "$OUT/audio/test" --num-utts 60 --seed 2 --prefix test
 
@@ -41,3 +41,5 @@ $BIN/fairseq-generate "$OUT/data" --user-dir "$USER_DIR" --task audio_ctc \
 grep -E '^[TD]-' "$OUT/decode/generate-test.txt" | head -n 6
 tail -n 1 "$OUT/decode/generate-test.txt"
 echo "== done: every hypothesis is in $OUT/decode/generate-test.txt"
+echo "   (a high WER here is a known limitation of the tiny pre-trained model, not a broken install:"
+echo "    see 'What works' in README.md)"

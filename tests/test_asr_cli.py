@@ -9,9 +9,11 @@ import torch
 
 from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
 
-# The tiny recipe runs 1500 updates; the tests use fewer. The tiny CTC model leaves its all-blank plateau
-# somewhere between ~300 and >800 updates depending on the run, so the tests check that fine-tuning learns
-# (validation CTC loss) and that decoding is complete and well-formed, not a WER threshold (see README).
+# The tiny recipe runs 1500 updates; the tests use fewer. From random init the tiny CTC model learns the
+# toy corpus's letters within 600 updates (0% valid WER for fine-tuning seeds 1-4, measured 2026-11-23),
+# and a test asserts a WER threshold for it. From the tiny data2vec pre-trained checkpoint it does not
+# reliably (1 of 4 seeds, see README), so for that path the tests check that fine-tuning learns
+# (training loss) and that decoding is complete and well-formed.
 FINETUNE_UPDATES = 600
 
 
@@ -69,6 +71,19 @@ def test_generate_decodes_every_utterance(speech_data, finetuned, tmp_path):
     assert set(hyps) == {i for i, _ in refs}
     beam = generate(speech_data, ckpt_dir / "checkpoint_best.pt", "--ctc-decoder", "beam", "--beam", 8)
     assert wer_line(beam)[2] == rows
+
+
+def test_recipe_learns_the_letters_from_random_init(speech_data, pretrained, tmp_path):
+    """Fine-tuning recipe + fairseq-generate really learn: same architecture, random init, WER < 30%."""
+    ckpt_dir, _ = pretrained
+    hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "run",
+                [f"task.data={speech_data}", f"model.w2v_path={ckpt_dir / 'checkpoint_last.pt'}",
+                 "+model.no_pretrained_weights=true", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+                 f"optimization.max_update={FINETUNE_UPDATES}"])
+    text = generate(speech_data, tmp_path / "ckpt" / "checkpoint_best.pt", "--results-path", tmp_path / "decode")
+    wer, ler, n = wer_line(text)
+    assert n == len((speech_data / "test.tsv").read_text().splitlines()) - 1
+    assert wer < 30.0 and ler < 15.0, (wer, ler, text[-2000:])
 
 
 def test_finetuning_resumes(speech_data, pretrained, finetuned, tmp_path):

@@ -1,4 +1,4 @@
-"""manifests.toy_speech: a deterministic, learnable synthetic spoken-alphabet corpus."""
+"""manifests.toy_speech: a deterministic, learnable synthetic whistled-alphabet corpus."""
 
 import subprocess
 import sys

@@ -12,8 +12,8 @@ from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
 # The tiny recipe runs 1500 updates; the tests use fewer. From random init the tiny CTC model learns the
 # toy corpus's letters within 600 updates (0% valid WER for fine-tuning seeds 1-4, measured 2026-11-23),
 # and a test asserts a WER threshold for it. From the tiny data2vec pre-trained checkpoint it does not
-# reliably (1 of 3 seeds in benchmarks/asr_pretraining_benefit.py, see README), so for that path the tests check that fine-tuning learns
-# (training loss) and that decoding is complete and well-formed.
+# reliably (1 of 3 seeds in benchmarks/asr_pretraining_benefit.py, see README), so for that path the
+# tests check that fine-tuning learns (training loss) and that decoding is complete and well-formed.
 FINETUNE_UPDATES = 600
 
 

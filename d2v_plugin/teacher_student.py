@@ -3,8 +3,8 @@
 :class:`TeacherStudentMixin` gives a fairseq model (1) an :class:`~d2v_plugin.ema_teacher.EmaTeacher`
 tracking one of its sub-modules, stepped from fairseq's ``set_num_updates`` after every optimizer
 step, (2) targets from the teacher's top-K blocks, (3) ``remove_pretraining_modules`` for
-fine-tuning, and (4) loading of fairseq-reference state dicts, whose teacher is stored as a flat
-``_ema`` dict rather than as sub-module weights.
+fine-tuning, (4) loading of fairseq-reference state dicts, whose teacher is stored as a flat
+``_ema`` dict rather than as sub-module weights, and (5) an optional zero init of the regression head.
 
 A modality file only builds its modules and writes ``forward``.
 """
@@ -53,6 +53,21 @@ class TeacherStudentMixin:
             ema_anneal_end_step=self.cfg.ema_anneal_end_step,
             copy_prefixes=copy_prefixes,
         )
+
+    def init_regression_head(self) -> None:
+        """Zero the head's last linear layer when ``cfg.zero_init_regression_head`` (called from ``__init__``).
+
+        Why: the masked frames' targets are mostly unpredictable early on, so with a random head the
+        cheapest way to cut the L2 loss is to make the blocks' outputs constant over time, and a small
+        model does that within tens of updates. A zero head has to learn a read-out first, and the
+        blocks only get a gradient along what it reads.
+        """
+        if not self.cfg.zero_init_regression_head:
+            return
+        head = getattr(self, self.regression_head_name)
+        last_linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.zeros_(last_linear.weight)
+        nn.init.zeros_(last_linear.bias)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)

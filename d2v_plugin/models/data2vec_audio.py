@@ -73,6 +73,7 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         self.encoder = TransformerEncoder(cfg)
         self.final_proj = nn.Linear(cfg.encoder_embed_dim, cfg.encoder_embed_dim)
+        self.init_regression_head()
         if cfg.ema_transformer_only:
             self.build_ema_teacher("encoder", copy_prefixes=("pos_conv.",) if cfg.ema_layers_only else ())
         else:

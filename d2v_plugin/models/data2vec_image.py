@@ -103,6 +103,7 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
             cfg.drop_path, cfg.layer_scale_init_value, cfg.layer_norm_eps,
         )
         self.final_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.init_regression_head()
         self.build_ema_teacher("encoder")
 
     @classmethod

@@ -140,6 +140,7 @@ class Data2VecTextEncoder(TeacherStudentMixin, FairseqEncoder):
         # BERT's init, before the teacher copies the student (both start equal)
         self.sentence_encoder.apply(init_bert_params)
         self.regression_head.apply(init_bert_params)
+        self.init_regression_head()
         # ema_transformer_layers_only: everything but the blocks is copied (the embeddings, their layer
         # norm, and the final layer norm of pre-LN models, which the targets never use)
         copied = ("embed_tokens.", "embed_positions.", "layernorm_embedding.", "layer_norm.")

@@ -41,5 +41,3 @@ $BIN/fairseq-generate "$OUT/data" --user-dir "$USER_DIR" --task audio_ctc \
 grep -E '^[TD]-' "$OUT/decode/generate-test.txt" | head -n 6
 tail -n 1 "$OUT/decode/generate-test.txt"
 echo "== done: every hypothesis is in $OUT/decode/generate-test.txt"
-echo "   (a high WER here is a known limitation of the tiny pre-trained model, not a broken install:"
-echo "    see 'What works' in README.md)"

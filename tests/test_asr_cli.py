@@ -9,11 +9,9 @@ import torch
 
 from tests.cli import BIN, USER_DIR, hydra_train, json_logs, module, run
 
-# The tiny recipe runs 1500 updates; the tests use fewer. From random init the tiny CTC model learns the
-# toy corpus's letters within 600 updates (0% valid WER for fine-tuning seeds 1-4, measured 2026-11-23),
-# and a test asserts a WER threshold for it. From the tiny data2vec pre-trained checkpoint it does not
-# reliably (1 of 3 seeds in benchmarks/asr_pretraining_benefit.py, see README), so for that path the
-# tests check that fine-tuning learns (training loss) and that decoding is complete and well-formed.
+# The tiny recipe runs 1500 updates; the tests use fewer. Within 600 updates the tiny CTC model learns the
+# toy corpus's letters both from the tiny pre-trained checkpoint and from random init (see README and
+# benchmarks/asr_pretraining_benefit.py for other seeds), and the tests assert a WER threshold for both.
 FINETUNE_UPDATES = 600
 
 
@@ -62,7 +60,8 @@ def test_generate_decodes_every_utterance(speech_data, finetuned, tmp_path):
     assert n == rows
     assert len(re.findall(r"^H-\d+\t", text, re.M)) == rows
     assert len(re.findall(r"^T-\d+\t", text, re.M)) == rows
-    assert 0.0 <= ler <= 100.0 and wer >= 0.0
+    # pre-train tiny -> fine-tune tiny -> decode: the letters are learnt
+    assert wer < 30.0 and ler < 15.0, (wer, ler, text[-2000:])
     # the WER line agrees with the hypotheses written above it
     refs = re.findall(r"^T-(\d+)\t(.*)$", text, re.M)
     hyps = dict(re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", text, re.M))
@@ -106,7 +105,8 @@ def test_finetuning_from_a_reference_checkpoint(speech_data, tmp_path):
     (user_dir / "__init__.py").write_text("import fairseq.examples.data2vec.models.data2vec_audio  # noqa\n")
     hydra_train("examples/audio/pretraining", "tiny_cpu", tmp_path / "ref_run",
                 [f"task.data={speech_data}", f"checkpoint.save_dir={tmp_path / 'ref'}", "optimization.max_update=2",
-                 "criterion._name=model"], user_dir=str(user_dir))
+                 "criterion._name=model", "~model.zero_init_regression_head"],  # an option of ours alone
+                user_dir=str(user_dir))
     reference = torch.load(tmp_path / "ref" / "checkpoint_last.pt", weights_only=True)["model"]
     assert "_ema" in reference  # the reference's own format
     hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "ft_run",

@@ -1,5 +1,6 @@
 """data2vec_audio pre-training through the real fairseq-hydra-train CLI, on the generated corpus."""
 
+import math
 import shutil
 
 import torch
@@ -7,13 +8,24 @@ import torch
 from tests.cli import USER_DIR, hydra_train, json_logs
 
 
-def test_pretraining_loss_goes_down_and_logs_variances(pretrained):
+def unexplained(record, dim=128):
+    """The logged loss over the loss of predicting zero (~1 for a student that has learnt nothing).
+
+    Predicting zero costs ``sum_c t_c^2 / sqrt(dim)`` per position, and the instance-normalised targets
+    have zero mean and std ~``target_var`` per channel. The raw loss is no measure of learning here: the
+    teacher's targets grow (target_var ~0.56 -> ~0.9) while the student learns, and the tiny recipe's
+    zero-initialised head starts at exactly the predict-zero loss.
+    """
+    return record["loss"] / (math.sqrt(dim) * record["target_var"] ** 2)
+
+
+def test_pretraining_learns_and_logs_variances(pretrained):
     _, output = pretrained
     logs = json_logs(output, "train_inner")
     assert len(logs) >= 10, output[-3000:]
-    losses = [r["loss"] for r in logs]
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, losses
+    ratios = [round(unexplained(r), 3) for r in logs]
+    first, last = sum(ratios[:3]) / 3, sum(ratios[-3:]) / 3
+    assert 0.9 < first < 1.1 and last < 0.7 * first, ratios
     for key in ("target_var", "pred_var", "ema_decay"):
         assert key in logs[-1]
     assert logs[-1]["ema_decay"] > logs[0]["ema_decay"]  # annealed towards ema_end_decay

@@ -76,20 +76,20 @@ def main():
         pretrain_s.append(time.time() - t0)
     rows = []
     budget = [] if args.finetune_updates is None else [f"optimization.max_update={args.finetune_updates}"]
-    inits = [("data2vec pre-trained", pseed, []) for pseed in args.pretrain_seeds]
+    # (name, pre-training seed shown, checkpoint given as w2v_path, extra overrides)
+    inits = [("data2vec pre-trained", pseed, work / f"pre_{pseed}", []) for pseed in args.pretrain_seeds]
     # random init: the w2v_path only gives the architecture
-    inits.append(("random init", args.pretrain_seeds[0], ["+model.no_pretrained_weights=true"]))
-    for name, pseed, extra in inits:
+    inits.append(("random init", "-", work / f"pre_{args.pretrain_seeds[0]}", ["+model.no_pretrained_weights=true"]))
+    for name, pseed, pre, extra in inits:
         for seed in args.seeds:
             t0 = time.time()
             run = len(rows)
             train("examples/audio/finetuning", work / f"ft_run_{run}",
-                  [f"task.data={data}", f"model.w2v_path={work / f'pre_{pseed}' / 'checkpoint_last.pt'}",
+                  [f"task.data={data}", f"model.w2v_path={pre / 'checkpoint_last.pt'}",
                    f"checkpoint.save_dir={work / f'ft_{run}'}", f"common.seed={seed}", *budget, *extra])
             wer, ler = decode(data, work / f"ft_{run}" / "checkpoint_best.pt", work / f"decode_{run}")
-            shown_pseed = pseed if not extra else "-"
-            rows.append((name, shown_pseed, seed, wer, ler, time.time() - t0))
-            print(f"{name}, pre-training seed {shown_pseed}, fine-tuning seed {seed}: WER {wer:.2f} LER {ler:.2f}",
+            rows.append((name, pseed, seed, wer, ler, time.time() - t0))
+            print(f"{name}, pre-training seed {pseed}, fine-tuning seed {seed}: WER {wer:.2f} LER {ler:.2f}",
                   flush=True)
 
     updates = args.finetune_updates or "the recipe's"

@@ -32,11 +32,9 @@ class Data2VecConfig(TargetConfig):
     )
     zero_init_regression_head: bool = field(
         default=False,
-        metadata={"help": "start the regression head's last linear layer at zero, so the blocks get no "
-                          "gradient until the head reads something out of them. With a random head the "
-                          "first updates pull the blocks towards frame-constant outputs (pred_var falls "
-                          "to ~0.04 in 30 updates of the tiny speech recipe), and CTC fine-tuning from "
-                          "such a checkpoint stalls for some seeds; off: fairseq's reference init"},
+        metadata={"help": "start the regression head's last linear layer at zero, so the blocks get "
+                          "gradients only through what it learns to read out (why: "
+                          "TeacherStudentMixin.init_regression_head); off: fairseq's reference init"},
     )
     # -- collapse guard ------------------------------------------------------------------------
     min_target_var: float = field(

@@ -6,7 +6,7 @@ once per pre-training seed, and every init is fine-tuned with several fine-tunin
 because at this scale whether CTC leaves its plateau within the budget depends on both. Prints greedy
 WER/LER on the held-out split per run. Not a test: on one core each fine-tuning run takes about 75 s with
 ``--finetune-updates 600``, so the README's figures (3 pre-training x 3 fine-tuning seeds, plus 3 from
-random init) take about 16 minutes:
+random init) take about 17 minutes:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/asr_pretraining_benefit.py --finetune-updates 600 \
         --pretrain-seeds 1 2 3 --seeds 1 2 3

@@ -29,7 +29,7 @@ setup(
         "console_scripts": [
             "d2v-audio-manifest=manifests.audio_manifest:main",
             "d2v-toy-speech=manifests.toy_speech:main",
-            "d2v-hydra-train=d2v_plugin.launch:main",
+            "d2v-hydra-train=d2v_plugin.compat.launch:main",
             "d2v-image-manifest=manifests.image_manifest:main",
             "d2v-toy-images=manifests.toy_images:main",
         ]

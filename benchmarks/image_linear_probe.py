@@ -55,9 +55,9 @@ def logistic_regression_accuracy(checkpoint: Path, data: Path, random_weights: b
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from d2v_plugin.image_dataset import ImageDataset, read_labels
-    from d2v_plugin.image_transforms import EvalTransform
-    from d2v_plugin.models.data2vec_image_classification import (
+    from d2v_plugin.image.dataset import ImageDataset, read_labels
+    from d2v_plugin.image.transforms import EvalTransform
+    from d2v_plugin.image.classification import (
         Data2VecImageClassificationConfig,
         Data2VecImageClassificationModel,
     )

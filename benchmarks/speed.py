@@ -119,7 +119,7 @@ def make_inputs(workload: str) -> dict:
         src[replace] = torch.randint(d.nspecial, d.nspecial + TEXT_VOCAB, (b, t), generator=g)[replace]
         target = torch.where(selected, tokens, torch.full_like(tokens, d.pad()))
         return {"src": src, "target": target, "tokens": tokens}
-    from d2v_plugin.masking import block_mask_2d
+    from d2v_plugin.core.masking import block_mask_2d
 
     grid = IMAGE["image_size"] // IMAGE["patch_size"]
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def build(impl: str, workload: str):
             from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
         else:
             import d2v_plugin  # noqa: F401
-            from d2v_plugin.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+            from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
         model = Data2VecAudioModel(Data2VecAudioConfig(**cfg_kwargs))
         if impl == "reference":
             with torch.no_grad():  # the reference's EMA deepcopy needs a weight-norm weight made without autograd
@@ -160,7 +160,7 @@ def build(impl: str, workload: str):
             model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary(), None))
         else:
             import d2v_plugin  # noqa: F401
-            from d2v_plugin.models.data2vec_text import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
+            from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
 
             cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), TEXT, {"loss_positions": "mask_token"})
             model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary()))
@@ -176,7 +176,7 @@ def build(impl: str, workload: str):
                 model = Data2VecVisionModel(Data2VecVisionConfig(**IMAGE))
         else:
             import d2v_plugin  # noqa: F401
-            from d2v_plugin.models.data2vec_image import Data2VecImageConfig, Data2VecImageModel
+            from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
 
             model = Data2VecImageModel(Data2VecImageConfig(**IMAGE, layer_norm_eps=1e-5))
     model.train()
@@ -199,7 +199,7 @@ def loss_of(impl: str, workload: str, model, inputs: dict):
             with contextlib.redirect_stdout(io.StringIO()):
                 return model(inputs["images"])["losses"]["regression"]
         out = model(inputs["images"], mask_indices=inputs["mask"])
-    from d2v_plugin.criterion import regression_loss
+    from d2v_plugin.core.criterion import regression_loss
 
     return regression_loss(out["pred"], out["target"], model.cfg.loss_beta, model.cfg.loss_scale).sum()
 
@@ -234,13 +234,15 @@ def sync(device: str) -> None:
 
 def worker(impl: str, workload: str, device: str, inputs_path: str, steps: int, warmup: int) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count())))
-    # Both sides run with the allocator setting our models apply when built (off with D2V_KEEP_FREED_MEMORY=0):
+    # Both sides run with the allocator setting our data2vec criterion applies when training on CPU (off with
+    # D2V_KEEP_FREED_MEMORY=0):
     # it changes no arithmetic, so the table compares the implementations, not glibc settings.
     # Loaded by path: importing the d2v_plugin package would register our model names in the reference's process.
-    spec = importlib.util.spec_from_file_location("cpu_allocator", REPO / "d2v_plugin" / "cpu_allocator.py")
+    spec = importlib.util.spec_from_file_location("cpu_allocator", REPO / "d2v_plugin" / "compat" / "cpu_allocator.py")
     cpu_allocator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cpu_allocator)
-    cpu_allocator.keep_freed_memory()
+    if device == "cpu":
+        cpu_allocator.keep_freed_memory()
     model = build(impl, workload).to(device)
     if impl == "reference":
         model.set_num_updates(0)  # builds its EMA teacher, on the model's device
@@ -288,7 +290,7 @@ def ema_bench(device: str) -> dict:
     import copy
 
     import d2v_plugin  # noqa: F401
-    from d2v_plugin.ema_teacher import EmaTeacher
+    from d2v_plugin.core.ema_teacher import EmaTeacher
     from fairseq.modules import EMAModule, EMAModuleConfig
 
     encoder = build("ours", "audio base").encoder.to(device)
@@ -362,7 +364,7 @@ def main():
                 print(f"| {workload} | {impl} | {r['s_per_update']:.3f} | {speedup:.2f}x | {mem:.2f} | "
                       f"{gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
     if args.device == "cpu" and os.environ.get("D2V_KEEP_FREED_MEMORY", "1") != "0":
-        print("\nboth sides: glibc malloc keeps freed memory for reuse (d2v_plugin/cpu_allocator.py); "
+        print("\nboth sides: glibc malloc keeps freed memory for reuse (d2v_plugin/compat/cpu_allocator.py); "
               "D2V_KEEP_FREED_MEMORY=0 measures both without it")
     if not args.no_ema:
         ema = ema_bench(args.device)

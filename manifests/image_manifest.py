@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-LABELS_FILE = "labels.txt"  # the name d2v_plugin.image_dataset reads
+LABELS_FILE = "labels.txt"  # the name d2v_plugin.image.dataset reads
 
 
 class ManifestInputError(Exception):

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import d2v_plugin  # noqa: F401
-from d2v_plugin.models.data2vec_audio import Data2VecAudioModel
+from d2v_plugin.audio.model import Data2VecAudioModel
 
 _set_num_updates = Data2VecAudioModel.set_num_updates
 

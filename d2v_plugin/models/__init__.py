@@ -1,1 +1,0 @@
-"""One thin file per modality; everything they share lives one level up."""

@@ -1,0 +1,90 @@
+"""CTC decoding: greedy and prefix beam search against brute force on small emission matrices."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from d2v_plugin.audio.ctc_decoder import CtcDecoder, CtcDecoderConfig, beam_decode, greedy_decode
+from fairseq.data import Dictionary
+
+BLANK = 0
+
+
+def collapse(path, blank=BLANK):
+    out, prev = [], None
+    for k in path:
+        if k != prev and k != blank:
+            out.append(k)
+        prev = k
+    return tuple(out)
+
+
+def brute_force(logp):
+    """Sum over all alignments per label sequence: exact CTC posteriors."""
+    T, V = logp.shape
+    totals = {}
+    for path in itertools.product(range(V), repeat=T):
+        s = sum(float(logp[t, k]) for t, k in enumerate(path))
+        key = collapse(path)
+        totals[key] = s if key not in totals else math.log(math.exp(totals[key]) + math.exp(s))
+    return totals
+
+
+def random_logp(T, V, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(T, V, generator=g) * 2, dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_wide_beam_finds_the_most_probable_labelling(seed):
+    logp = random_logp(5, 3, seed)
+    exact = brute_force(logp)
+    best = max(exact, key=exact.get)
+    (tokens, score), = beam_decode(logp, BLANK, beam=50, sep=None, symbols=["<b>", "a", "b"])
+    assert tuple(tokens) == best
+    assert score == pytest.approx(exact[best], abs=1e-6)
+
+
+def test_beam_can_beat_greedy():
+    # Greedy path "a - b" is likely, but "blank" split over two frames sums to more for "a":
+    logp = torch.log(torch.tensor([[0.4, 0.6, 0.0 + 1e-9], [0.4, 0.3, 0.3], [0.4, 0.3, 0.3]]))
+    logp = torch.log_softmax(logp, dim=-1)
+    greedy, _, _ = greedy_decode(logp, BLANK)
+    exact = brute_force(logp)
+    (tokens, _), = beam_decode(logp, BLANK, beam=10, sep=None, symbols=["<b>", "a", "b"])
+    assert tuple(tokens) == max(exact, key=exact.get)
+    assert exact[tuple(tokens)] >= exact[tuple(greedy)]
+
+
+def test_greedy_merges_repeats_and_drops_blanks():
+    path = [1, 1, 0, 1, 2, 2, 0, 0, 2]
+    logp = torch.full((len(path), 3), -10.0)
+    for t, k in enumerate(path):
+        logp[t, k] = 0.0
+    tokens, score, per_token = greedy_decode(logp, BLANK)
+    assert tokens == [1, 1, 2, 2] and score == 0.0 and len(per_token) == 4
+
+
+def test_kenlm_without_the_package_gives_a_clear_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_kenlm(name, *args, **kwargs):
+        if name == "kenlm":
+            raise ImportError("No module named 'kenlm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_kenlm)
+    d = Dictionary()
+    d.add_symbol("|")
+    cfg = CtcDecoderConfig(ctc_decoder="beam", ctc_kenlm_model="lm.arpa")
+    with pytest.raises(ImportError, match="pip install kenlm"):
+        CtcDecoder(cfg, d)
+
+
+def test_bad_decoder_name_is_rejected():
+    with pytest.raises(ValueError, match="ctc_decoder='greedy'"):
+        CtcDecoder(CtcDecoderConfig(ctc_decoder="greedy"), Dictionary())

@@ -30,6 +30,7 @@ setup(
             "d2v-audio-manifest=manifests.audio_manifest:main",
             "d2v-toy-speech=manifests.toy_speech:main",
             "d2v-hydra-train=d2v_plugin.compat.launch:main",
+            "d2v-options=d2v_plugin.core.options:main",
             "d2v-image-manifest=manifests.image_manifest:main",
             "d2v-toy-images=manifests.toy_images:main",
         ]

@@ -18,14 +18,14 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
 from fairseq.modules import GradMultiply, LayerNorm
 
-from d2v_plugin.core.config import Data2VecConfig
+from d2v_plugin.core.config import Data2VecConfig, ModelMaskedConfig
 from d2v_plugin.audio.conv_features import ConvFeatureExtractor, parse_conv_layers
 from d2v_plugin.core.masking import channel_mask, span_mask
-from d2v_plugin.core.teacher_student import TeacherStudentMixin
+from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 
 
 @dataclass
-class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig):
+class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig, ModelMaskedConfig):
     """wav2vec 2.0's options plus the shared data2vec ones (fairseq's official names)."""
 
     ema_transformer_only: bool = field(
@@ -111,16 +111,6 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         positions = torch.arange(features.size(1), device=features.device)
         return positions.unsqueeze(0) >= frames.unsqueeze(1)
 
-    def teacher_features(self, source: Tensor, features: Tensor) -> Tensor:
-        """The teacher's transformer input: the student's unmasked ``features`` when the feature encoder
-        is shared, else the teacher's own feature encoder on the ``(B, S)`` waveforms."""
-        if self.cfg.ema_transformer_only:
-            return features
-        teacher = self.ema_teacher.model
-        with torch.no_grad():
-            conv = teacher.feature_extractor(source.to(teacher.post_extract_proj.weight.dtype))
-            return teacher.post_extract_proj(teacher.layer_norm(conv.transpose(1, 2)))
-
     @staticmethod
     def feature_variation(features: Tensor, frame_padding: Optional[Tensor]) -> float:
         """How much the (layer-normed) conv features change over time: per-channel std over the frames
@@ -137,14 +127,17 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
         return var.clamp(min=0).sqrt().mean().item()
 
     def apply_mask(self, x: Tensor, padding_mask: Optional[Tensor], mask_indices: Optional[Tensor] = None,
-                   mask_channel_indices: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                   mask_channel_indices: Optional[Tensor] = None,
+                   sample_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Replace masked frames of ``x (B, T, D)`` with the mask embedding; zero masked channels.
 
-        Returns the masked ``x`` (a new tensor: the unmasked one is still the teacher's input) and the
-        ``(B, T)`` bool time mask (``None`` when ``mask_prob == 0``).
+        Masks not given are sampled per sample from ``sample_ids`` (:meth:`mask_seed`). Returns the
+        masked ``x`` (a new tensor: the unmasked one is still the teacher's input) and the ``(B, T)``
+        bool time mask (``None`` when ``mask_prob == 0``).
         """
         cfg = self.cfg
         B, T, C = x.shape
+        seeding = self.mask_seed(sample_ids) or {}
         if cfg.mask_prob > 0:
             if mask_indices is None:
                 mask_indices = span_mask(
@@ -152,7 +145,7 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
                     mask_selection=cfg.mask_selection, mask_other=cfg.mask_other, min_masks=1,
                     no_overlap=cfg.no_mask_overlap, min_space=cfg.mask_min_space,
                     require_same_masks=cfg.require_same_masks, mask_dropout=cfg.mask_dropout,
-                    device=x.device,
+                    device=x.device, **seeding,
                 )
             x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         else:
@@ -163,6 +156,7 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
                     B, C, cfg.mask_channel_prob, cfg.mask_channel_length, device=x.device,
                     mask_type=cfg.mask_channel_selection, mask_other=cfg.mask_channel_other,
                     no_overlap=cfg.no_mask_channel_overlap, min_space=cfg.mask_channel_min_space,
+                    **seeding,
                 )
             x = x.masked_fill(mask_channel_indices.unsqueeze(1), 0.0)
         return x, mask_indices
@@ -171,40 +165,45 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
     def forward(self, source: Tensor, padding_mask: Optional[Tensor] = None, mask: bool = True,
                 features_only: bool = False, layer: Optional[int] = None,
                 mask_indices: Optional[Tensor] = None, mask_channel_indices: Optional[Tensor] = None,
-                padding_count=None):
+                padding_count=None, sample_ids: Optional[Tensor] = None):
         """Args:
             source: ``(B, S)`` waveforms; padding_mask: ``(B, S)`` bool, ``True`` = padding.
             mask_indices: optional ``(B, T)`` bool frame mask to use instead of sampling one.
+            sample_ids: ``(B,)`` ids of the samples (fairseq's ``sample["id"]``), which seed their masks.
 
-        Returns ``{"pred": (M, D), "target": (M, D), "ema_decay": float}`` for the M masked frames,
-        or with ``features_only`` ``{"x": (B, T, D), "padding_mask": (B, T), "layer_results": [...]}``.
+        Returns ``{"pred": (M, D), "target": (M, D), "ema_decay": float, "feature_var": float}`` for the M
+        masked frames, or with ``features_only`` ``{"x": (B, T, D), "padding_mask": (B, T), "layer_results"}``.
         """
         features, padding_mask = self.encode_features(source, padding_mask)
         x = self.dropout_input(features)
         if mask:
-            x, mask_indices = self.apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
-        x, layer_results = self.encoder(x, padding_mask=padding_mask, layer=layer)
+            x, mask_indices = self.apply_mask(x, padding_mask, mask_indices, mask_channel_indices, sample_ids)
         if features_only:
+            x, layer_results = self.encoder(x, padding_mask=padding_mask, layer=layer)
             return {"x": x, "padding_mask": padding_mask, "layer_results": layer_results}
         if mask_indices is None:
             raise ValueError("data2vec pre-training needs masked frames: set model.mask_prob > 0")
-
-        # The teacher sees unmasked features: the shared ones, or those of its own feature encoder.
-        # Each block result is (output, attention, FFN output before the last residual); the targets
-        # use the latter.
-        encoder = "extract_features" if self.cfg.ema_transformer_only else "encoder.extract_features"
-        _, teacher_blocks = self.ema_teacher.run(
-            encoder, self.teacher_features(source, features), padding_mask=padding_mask,
-            min_layer=self.cfg.encoder_layers - self.cfg.average_top_k_layers,
-        )
-        with torch.no_grad():
-            target = self.targets_from_teacher(ffn.transpose(0, 1) for _, _, ffn in teacher_blocks)
-            target = target[mask_indices]
-        pred = self.final_proj(x[mask_indices])
-        out = {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+        # The teacher sees unmasked features: the shared ones, or the waveforms for its own feature encoder.
+        teacher_input = features if self.cfg.ema_transformer_only else source
+        out = self.data2vec_step(Views(x, teacher_input, mask_indices, padding_mask))
         if self.training:
             out["feature_var"] = self._feature_var
         return out
+
+    def encode_student(self, views: Views) -> Tensor:
+        return self.encoder(views.student, padding_mask=views.padding_mask)[0]
+
+    def teacher_top_k_blocks(self, teacher: nn.Module, views: Views) -> List[Tensor]:
+        """The FFN outputs before the last residual of the teacher's top K blocks, ``K x (B, T, D)``."""
+        if self.cfg.ema_transformer_only:
+            encoder, features = teacher, views.teacher
+        else:  # the teacher's own EMA feature encoder on the waveforms
+            conv = teacher.feature_extractor(views.teacher.to(teacher.post_extract_proj.weight.dtype))
+            encoder, features = teacher.encoder, teacher.post_extract_proj(teacher.layer_norm(conv.transpose(1, 2)))
+        # each block result is (output, attention, FFN output before the last residual), time first
+        _, blocks = encoder.extract_features(features, padding_mask=views.padding_mask,
+                                             min_layer=self.cfg.encoder_layers - self.cfg.average_top_k_layers)
+        return [ffn.transpose(0, 1) for _, _, ffn in blocks]
 
     def extract_features(self, source: Tensor, padding_mask: Optional[Tensor], mask: bool = False,
                          layer: Optional[int] = None):

@@ -10,6 +10,8 @@ from typing import Optional
 
 from omegaconf import II
 
+from fairseq.dataclass import FairseqDataclass
+
 from d2v_plugin.core.targets import TargetConfig
 
 
@@ -46,4 +48,14 @@ class Data2VecConfig(TargetConfig):
     var_check_start_update: int = field(
         default=5000,
         metadata={"help": "check min_target_var/min_pred_var only after this many updates"},
+    )
+
+
+@dataclass
+class ModelMaskedConfig(FairseqDataclass):
+    """For models that draw their own masks (audio, images; text masks come from fairseq's masked_lm task)."""
+
+    seed: int = field(
+        default=II("common.seed"),
+        metadata={"help": "seeds the masks, together with the update number and each sample's id"},
     )

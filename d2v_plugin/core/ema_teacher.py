@@ -16,7 +16,7 @@ update counter it has reached, and a resumed run continues with a bit-identical 
 """
 
 import copy
-from typing import Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -158,16 +158,15 @@ class EmaTeacher(nn.Module):
         return True
 
     # -- forward ---------------------------------------------------------------------------
-    def run(self, fn_name: str, x: Tensor, **kwargs):
-        """Call ``self.model.<fn_name>(x, **kwargs)`` without autograd.
+    def run(self, fn: Callable[..., Any], *args, dtype: torch.dtype = torch.float32, **kwargs) -> Any:
+        """``fn(self.model, *args, **kwargs)`` without autograd: the one way a teacher is run.
 
-        A low-precision input (fp16/bf16 student) runs the fp32 teacher under autocast.
+        ``dtype`` is the student's compute dtype: for fp16/bf16 the fp32 teacher runs under autocast
+        instead of keeping a second low-precision copy.
         """
-        fn = self.model
-        for name in fn_name.split("."):  # "extract_features" or "encoder.extract_features"
-            fn = getattr(fn, name)
         with torch.no_grad():
-            if x.dtype in (torch.float16, torch.bfloat16):
-                with torch.autocast(device_type=x.device.type, dtype=x.dtype):
-                    return fn(x, **kwargs)
-            return fn(x, **kwargs)
+            if dtype in (torch.float16, torch.bfloat16):
+                device = next(self.model.parameters()).device.type
+                with torch.autocast(device_type=device, dtype=dtype):
+                    return fn(self.model, *args, **kwargs)
+            return fn(self.model, *args, **kwargs)

@@ -30,6 +30,8 @@ def span_mask(
     require_same_masks: bool = True,
     mask_dropout: float = 0.0,
     seed: Optional[int] = None,
+    update: int = 0,
+    sample_ids: Optional[Tensor] = None,
     device: Optional[torch.device] = None,
 ) -> Tensor:
     """Sample span masks, as in wav2vec 2.0 / data2vec speech.
@@ -41,16 +43,17 @@ def span_mask(
     Args:
         batch, length: mask shape ``(B, T)``.
         padding_mask: ``(B, T)`` bool, ``True`` = padding; padded positions are never masked.
-        seed: seeds the sampler; by default drawn from torch's global generator. fairseq re-seeds
-            that generator at every update (``common.seed + num_updates``), so masks are
-            reproducible and a resumed run draws the masks an uninterrupted one would have
-            (``compute_mask_indices`` alone draws from fresh OS entropy on every call).
+        seed, update, sample_ids: with ``sample_ids`` (``(B,)`` ids of the batch's samples), row ``i``
+            is drawn from ``(seed, update, sample_ids[i])`` alone, so samples, data-parallel ranks
+            and updates get different masks and a resumed run the same ones
+            (:meth:`~d2v_plugin.core.teacher_student.TeacherStudentMixin.mask_seed`). Without them
+            the seed is drawn from torch's global generator (reproducible in one process, but the
+            same on every rank); ``compute_mask_indices`` alone would use fresh OS entropy.
 
     Returns:
         ``(B, T)`` bool tensor, ``True`` = masked.
     """
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    seed, update, indices = _seeding(batch, seed, update, sample_ids)
     mask = compute_mask_indices(
         (batch, length),
         padding_mask,
@@ -64,22 +67,33 @@ def span_mask(
         require_same_masks=require_same_masks,
         mask_dropout=mask_dropout,
         seed=seed,
-        epoch=0,
-        indices=torch.arange(batch),
+        epoch=update,
+        indices=indices,
     )
     return torch.from_numpy(mask).to(device)
 
 
+def _seeding(batch: int, seed: Optional[int], update: int, sample_ids: Optional[Tensor]):
+    """``(seed, epoch, indices)`` for ``compute_mask_indices``, which seeds row i from their hash."""
+    if sample_ids is None:
+        return int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed, 0, torch.arange(batch)
+    if seed is None or len(sample_ids) != batch:
+        raise ValueError(f"per-sample masks need a seed and {batch} sample ids, got {seed} and {len(sample_ids)}")
+    return seed, update, sample_ids
+
+
 def channel_mask(batch: int, channels: int, mask_prob: float, mask_length: int,
-                 device: Optional[torch.device] = None, **kwargs) -> Tensor:
+                 device: Optional[torch.device] = None, seed: Optional[int] = None, update: int = 0,
+                 sample_ids: Optional[Tensor] = None, **kwargs) -> Tensor:
     """Spans of channels to zero out, one set per row: ``(B, C)`` bool, ``True`` = masked.
 
     At least one span per row: with few channels ``mask_prob * C / mask_length`` can round to zero
-    spans, which ``compute_mask_indices`` rejects ("this should never happens").
+    spans, which ``compute_mask_indices`` rejects ("this should never happens"). Seeding as in
+    :func:`span_mask` (a different stream: the seed is offset so time and channel masks differ).
     """
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # reproducible, as in span_mask
+    seed, update, indices = _seeding(batch, None if seed is None else seed + 1, update, sample_ids)
     mask = compute_mask_indices((batch, channels), None, mask_prob, mask_length, min_masks=1,
-                                seed=seed, epoch=0, indices=torch.arange(batch), **kwargs)
+                                seed=seed, epoch=update, indices=indices, **kwargs)
     return torch.from_numpy(mask).to(device)
 
 
@@ -93,6 +107,8 @@ def block_mask_2d(
     min_aspect: float = 0.3,
     max_attempts: int = 10,
     seed: Optional[int] = None,
+    update: int = 0,
+    sample_ids: Optional[Tensor] = None,
     device: Optional[torch.device] = None,
 ) -> Tensor:
     """BEiT-style block-wise masks over a ``height x width`` grid of image patches.
@@ -107,8 +123,9 @@ def block_mask_2d(
     only after ``max_attempts`` rectangles in a row added nothing.
 
     Args:
-        seed: seeds the sampler; by default drawn from torch's global generator, which fairseq
-            re-seeds at every update (see :func:`span_mask`).
+        seed, update, sample_ids: with ``sample_ids``, row ``i`` is drawn from its own generator
+            seeded with ``(seed, update, sample_ids[i])`` (see :func:`span_mask`); without them all
+            rows come from one generator seeded by ``seed`` or, if None, by torch's global generator.
 
     Returns:
         ``(B, H, W)`` bool tensor, ``True`` = masked; ``mask.flatten(1)`` is in patch order.
@@ -117,13 +134,18 @@ def block_mask_2d(
         raise ValueError(f"num_masked={num_masked} must be in 1..{height * width} (the number of patches)")
     if min_block < 1 or not 0 < min_aspect <= 1:
         raise ValueError(f"need min_block >= 1 and 0 < min_aspect <= 1, got {min_block}, {min_aspect}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    # Scalar-heavy loop: numpy's generator is much cheaper per draw than torch's.
-    rng = np.random.default_rng(seed)
+    if sample_ids is None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        shared = np.random.default_rng(seed)  # scalar-heavy loop: numpy's generator is cheaper per draw
+        rngs = [shared] * batch
+    else:
+        if seed is None or len(sample_ids) != batch:
+            raise ValueError(f"per-sample masks need a seed and {batch} sample ids")
+        rngs = [np.random.default_rng([seed, update, int(i)]) for i in sample_ids]
     log_aspect = math.log(min_aspect)
     masks = np.zeros((batch, height, width), dtype=bool)
-    for mask in masks:
+    for mask, rng in zip(masks, rngs):
         count = 0
         while count < num_masked:
             budget = num_masked - count if max_block is None else min(num_masked - count, max_block)

@@ -2,14 +2,18 @@
 
 :class:`TeacherStudentMixin` gives a fairseq model (1) an :class:`~d2v_plugin.core.ema_teacher.EmaTeacher`
 tracking one of its sub-modules, stepped from fairseq's ``set_num_updates`` after every optimizer
-step, (2) targets from the teacher's top-K blocks, (3) ``remove_pretraining_modules`` for
-fine-tuning, (4) loading of fairseq-reference state dicts, whose teacher is stored as a flat
-``_ema`` dict rather than as sub-module weights, and (5) an optional zero init of the regression head.
+step, (2) the one data2vec step (:meth:`~TeacherStudentMixin.data2vec_step`: student on the masked view,
+teacher's top-K blocks on the unmasked one, targets, regression head at the masked positions),
+(3) ``remove_pretraining_modules`` for fine-tuning, (4) loading of fairseq-reference state dicts, whose
+teacher is stored as a flat ``_ema`` dict rather than as sub-module weights, (5) an optional zero init of
+the regression head, and (6) the per-sample mask seeds.
 
-A modality file only builds its modules and writes ``forward``.
+A modality builds its modules, turns its batch into :class:`Views` and supplies two pieces:
+``encode_student(views) -> (B, T, C)`` and ``teacher_top_k_blocks(teacher, views) -> K x (B, T, C)``.
 """
 
-from typing import Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +23,26 @@ from d2v_plugin.core.targets import make_targets
 
 TEACHER = "ema_teacher"
 REFERENCE_TEACHER_KEY = "_ema"  # fairseq examples/data2vec: state["_ema"] = {student param name: tensor}
+
+
+@dataclass
+class Views:
+    """One batch as the data2vec step sees it; T is the time/token/patch axis the loss is taken over.
+
+    Attributes:
+        student: the student encoder's input, already masked (audio, images: ``(B, T, D)`` embeddings;
+            text: ``(B, T)`` tokens).
+        teacher: the teacher's input, never masked (audio: the ``(B, T, D)`` features, or the ``(B, S)``
+            waveforms when the teacher has its own feature encoder; text: ``(B, T)`` tokens; images:
+            ``(B, 1+T, D)`` [CLS] + patch embeddings).
+        loss_mask: ``(B, T)`` bool, ``True`` where the student regresses the targets.
+        padding_mask: ``(B, T)`` bool, ``True`` = padding, or ``None``.
+    """
+
+    student: Tensor
+    teacher: Tensor
+    loss_mask: Tensor
+    padding_mask: Optional[Tensor] = None
 
 
 class TeacherStudentMixin:
@@ -76,9 +100,48 @@ class TeacherStudentMixin:
     def get_num_updates(self) -> int:
         return self.num_updates
 
-    def targets_from_teacher(self, teacher_block_outputs: Iterable[Tensor]) -> Tensor:
-        """``K x (B, T, C)`` teacher block outputs -> ``(B, T, C)`` fp32 targets."""
-        return make_targets(list(teacher_block_outputs), self.cfg)
+    # -- the data2vec step ------------------------------------------------------------------
+    def encode_student(self, views: Views) -> Tensor:
+        """The modality's student encoder on ``views.student``: ``(B, T, C)``, aligned with ``loss_mask``."""
+        raise NotImplementedError
+
+    def teacher_top_k_blocks(self, teacher: nn.Module, views: Views) -> List[Tensor]:
+        """The modality's teacher on ``views.teacher``: its top ``average_top_k_layers`` block outputs,
+        each ``(B, T, C)`` (the positions of ``loss_mask``), lowest block first. Runs without autograd."""
+        raise NotImplementedError
+
+    def data2vec_step(self, views: Views) -> Dict[str, Any]:
+        """Student on the masked view, teacher on the unmasked one, targets at the masked positions.
+
+        Returns ``{"pred": (M, C), "target": (M, C) fp32, "ema_decay": float}`` for the M positions of
+        ``views.loss_mask``: what the ``data2vec`` criterion regresses.
+        """
+        x = self.encode_student(views)
+        target = self.teacher_targets(views, dtype=x.dtype)[views.loss_mask]
+        pred = getattr(self, self.regression_head_name)(x[views.loss_mask])
+        return {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+
+    def teacher_targets(self, views: Views, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(B, T, C)`` fp32 targets at every position, from the teacher's top-K blocks on ``views.teacher``
+        (``dtype``: the student's compute dtype, see :meth:`EmaTeacher.run`)."""
+        blocks = self.ema_teacher.run(self.teacher_top_k_blocks, views, dtype=dtype)
+        with torch.no_grad():
+            return make_targets(blocks, self.cfg)
+
+    def mask_seed(self, sample_ids: Optional[Tensor]) -> Optional[Dict[str, Any]]:
+        """Seeds for this batch's masks: ``{"seed", "update", "sample_ids"}``, or None without sample ids.
+
+        Each sample's mask is drawn from ``(model.seed = common.seed, update number, sample id)``. Why not
+        torch's global generator: fairseq re-seeds it to ``common.seed + update`` on every rank, so every
+        data-parallel rank would draw the same masks. Sample ids differ between ranks and micro-batches,
+        and the masks do not depend on the world size; a resumed run draws the same ones again.
+        """
+        if sample_ids is None:
+            return None
+        seed = self.cfg.seed
+        if isinstance(seed, str) and seed.startswith("${"):
+            seed = 1  # a config built outside fairseq (nothing to interpolate): fairseq's default common.seed
+        return {"seed": int(seed), "update": int(self.num_updates), "sample_ids": sample_ids.cpu()}
 
     def remove_pretraining_modules(self, last_layer: Optional[int] = None) -> None:
         """Drop the teacher and the regression head (and layers above ``last_layer``) for fine-tuning."""

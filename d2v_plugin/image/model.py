@@ -21,29 +21,30 @@ deliberate; with the same weights and masks the loss is otherwise equal (tests/m
   converted weights set it to zero.
 * LayerNorm epsilon is an option (``layer_norm_eps``), default 1e-6 as in BEiT / data2vec_vision; the
   port uses torch's default 1e-5.
-* Masks are sampled by our own :func:`~d2v_plugin.core.masking.block_mask_2d`, seeded from torch's generator
-  (reproducible, and resumed runs draw the same masks); the port uses Python's ``random``.
+* Masks are sampled by our own :func:`~d2v_plugin.core.masking.block_mask_2d`, each image's from
+  ``(common.seed, update, sample id)``: reproducible, resumed runs draw the same masks and data-parallel
+  ranks different ones; the port uses Python's ``random``.
 * A reference state dict (``encoder.blocks.*``, flat ``_ema`` teacher) loads through
   :data:`REFERENCE_KEY_MAP`, with the fused ``qkv`` weight split into fairseq's q/k/v projections.
 """
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from fairseq.models import BaseFairseqModel, register_model
 
-from d2v_plugin.core.config import Data2VecConfig
+from d2v_plugin.core.config import Data2VecConfig, ModelMaskedConfig
 from d2v_plugin.core.masking import block_mask_2d
-from d2v_plugin.core.teacher_student import REFERENCE_TEACHER_KEY, TeacherStudentMixin
+from d2v_plugin.core.teacher_student import REFERENCE_TEACHER_KEY, TeacherStudentMixin, Views
 from d2v_plugin.image.vit import ViTEncoder
 
 
 @dataclass
-class Data2VecImageConfig(Data2VecConfig):
+class Data2VecImageConfig(Data2VecConfig, ModelMaskedConfig):
     """ViT and masking options (fairseq data2vec_vision's names) plus the shared data2vec ones."""
 
     image_size: int = field(default=224, metadata={"help": "input images are image_size x image_size pixels"})
@@ -118,20 +119,23 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
         x = self.patch_embed(source).flatten(2).transpose(1, 2)
         return torch.cat([self.cls_emb.expand(x.size(0), -1, -1).to(x.dtype), x], dim=1)
 
-    def sample_mask(self, batch: int, device=None) -> Tensor:
-        """``(B, N)`` bool block mask over the patch grid, ``True`` = masked."""
+    def sample_mask(self, batch: int, device=None, sample_ids: Optional[Tensor] = None) -> Tensor:
+        """``(B, N)`` bool block mask over the patch grid, ``True`` = masked; per sample from ``sample_ids``
+        (:meth:`mask_seed`)."""
         cfg = self.cfg
         return block_mask_2d(
             batch, *self.grid, cfg.num_mask_patches, min_block=cfg.min_mask_patches_per_block,
             max_block=cfg.max_mask_patches_per_block, min_aspect=cfg.mask_min_aspect, device=device,
+            **(self.mask_seed(sample_ids) or {}),
         ).flatten(1)
 
     def forward(self, source: Tensor, mask: bool = True, features_only: bool = False,
-                mask_indices: Optional[Tensor] = None):
+                mask_indices: Optional[Tensor] = None, sample_ids: Optional[Tensor] = None):
         """Args:
             source: ``(B, C, H, W)`` normalised images.
             mask_indices: optional ``(B, N)`` or ``(B, H/p, W/p)`` bool patch mask to use instead of
                 sampling one (``True`` = masked).
+            sample_ids: ``(B,)`` ids of the samples (fairseq's ``sample["id"]``), which seed their masks.
 
         Returns ``{"pred": (M, D), "target": (M, D), "ema_decay": float}`` for the M masked patches,
         or with ``features_only`` ``{"x": (B, 1+N, D)}`` ([CLS] first) from the student.
@@ -140,25 +144,27 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
         student_in = x
         if mask:
             if mask_indices is None:
-                mask_indices = self.sample_mask(x.size(0), x.device)
+                mask_indices = self.sample_mask(x.size(0), x.device, sample_ids)
             mask_indices = mask_indices.reshape(x.size(0), -1).bool()
             patches = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x[:, 1:])
             student_in = torch.cat([x[:, :1], patches], dim=1)
-        y = self.encoder(student_in)
         if features_only:
-            return {"x": y}
+            return {"x": self.encoder(student_in)}
         if mask_indices is None:
             raise ValueError("data2vec pre-training needs masked patches: call with mask=True")
-
         # The teacher sees the same patch embeddings, unmasked (no gradient flows through it).
-        teacher_blocks = self.ema_teacher.run(
-            "forward", x, block_outputs="end" if self.cfg.end_of_block_targets else "fc",
-            top_k=self.cfg.average_top_k_layers,
-        )
-        with torch.no_grad():
-            target = self.targets_from_teacher(b[:, 1:] for b in teacher_blocks)[mask_indices]
-        pred = self.final_proj(y[:, 1:][mask_indices])
-        return {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+        return self.data2vec_step(Views(student_in, x, mask_indices))
+
+    def encode_student(self, views: Views) -> Tensor:
+        """The encoder's patch outputs ``(B, N, D)`` ([CLS] dropped: the loss is over patches)."""
+        return self.encoder(views.student)[:, 1:]
+
+    def teacher_top_k_blocks(self, teacher: nn.Module, views: Views) -> List[Tensor]:
+        """The teacher's top K block outputs over the patches, ``K x (B, N, D)`` ([CLS] dropped before
+        the per-block normalisation)."""
+        blocks = teacher(views.teacher, block_outputs="end" if self.cfg.end_of_block_targets else "fc",
+                         top_k=self.cfg.average_top_k_layers)
+        return [b[:, 1:] for b in blocks]
 
     def extract_features(self, source: Tensor, mask: bool = False):
         return self.forward(source, mask=mask, features_only=True)

@@ -17,9 +17,8 @@ Module and parameter names are fairseq's data2vec/RoBERTa ones (``encoder.senten
 saved as ``encoder._ema``, becomes ``encoder.ema_teacher``), and unlike theirs ours resume.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import II, OmegaConf
@@ -32,7 +31,7 @@ from fairseq.models.transformer.transformer_config import DecoderConfig, EncDecB
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from d2v_plugin.core.config import Data2VecConfig
-from d2v_plugin.core.teacher_student import TeacherStudentMixin
+from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 
 LOSS_POSITIONS = ChoiceEnum(["selected", "mask_token"])
 
@@ -155,40 +154,33 @@ class Data2VecTextEncoder(TeacherStudentMixin, FairseqEncoder):
         inner = out["encoder_states"] if return_all_hiddens else None
         return out["encoder_out"][0].transpose(0, 1), {"inner_states": inner}
 
-    def teacher_targets(self, tokens: Tensor) -> Tensor:
-        """Unmasked ``(B, T)`` tokens -> ``(B, T, C)`` fp32 targets from the teacher's top-K blocks."""
-        # The tokens say nothing about the student's precision; run the fp32 teacher under autocast
-        # when the student is in fp16/bf16 (what EmaTeacher.run does for float inputs).
-        dtype = self.sentence_encoder.embed_tokens.weight.dtype
-        low = dtype in (torch.float16, torch.bfloat16)
-        with torch.autocast(tokens.device.type, dtype=dtype) if low else nullcontext():
-            out = self.ema_teacher.run("forward", tokens, return_all_hiddens=True)
-        with torch.no_grad():
-            top = out["fc_results"][-self.cfg.average_top_k_layers:]
-            return self.targets_from_teacher(fc.transpose(0, 1) for fc in top)
-
     def forward(self, src_tokens: Tensor, target_tokens: Optional[Tensor] = None, features_only: bool = False,
                 return_all_hiddens: bool = False, **unused):
         """Args:
-            src_tokens: ``(B, T)`` masked input from ``masked_lm``.
+            src_tokens: ``(B, T)`` masked input from ``masked_lm`` (its masks are seeded per sample by the task).
             target_tokens: ``(B, T)`` original token at each selected position, padding elsewhere
                 (``masked_lm`` with ``include_target_tokens=true``).
 
         Returns ``{"pred": (M, C), "target": (M, C), "ema_decay": float}`` for the M loss positions,
         or with ``features_only`` ``((B, T, C), {"inner_states": ...})``.
         """
-        x, extra = self.extract_features(src_tokens, return_all_hiddens)
         if features_only:
-            return x, extra
+            return self.extract_features(src_tokens, return_all_hiddens)
         if target_tokens is None:
             raise ValueError("data2vec_text needs the unmasked tokens: set task.include_target_tokens=true "
                              "(task masked_lm)")
         selected = target_tokens.ne(self.dictionary.pad())
         unmasked = torch.where(selected, target_tokens, src_tokens)
         positions = src_tokens.eq(self.mask_idx) if self.cfg.loss_positions == "mask_token" else selected
-        target = self.teacher_targets(unmasked)[positions]
-        pred = self.regression_head(x[positions])
-        return {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
+        return self.data2vec_step(Views(src_tokens, unmasked, positions))
+
+    def encode_student(self, views: Views) -> Tensor:
+        return self.extract_features(views.student)[0]
+
+    def teacher_top_k_blocks(self, teacher: nn.Module, views: Views) -> List[Tensor]:
+        """The FFN outputs before the last residual of the teacher's top K blocks on the unmasked tokens."""
+        fc_results = teacher(views.teacher, return_all_hiddens=True)["fc_results"]
+        return [fc.transpose(0, 1) for fc in fc_results[-self.cfg.average_top_k_layers:]]
 
     def remove_pretraining_modules(self, last_layer: Optional[int] = None) -> None:
         if last_layer is not None:

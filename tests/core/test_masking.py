@@ -61,3 +61,63 @@ def test_masks_follow_torch_seed():
     c = span_mask(4, 100, 0.65, 10)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+# -- per-sample seeding: masks differ between samples and data-parallel ranks, and repeat on resume --------
+def test_span_masks_are_a_function_of_seed_update_and_sample_id():
+    ids = torch.tensor([7, 3, 11, 5])
+    torch.manual_seed(0)
+    a = span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=1, update=5, sample_ids=ids)
+    torch.manual_seed(123)  # fairseq re-seeds the global generator alike on every rank: it must not matter
+    b = span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=1, update=5, sample_ids=ids)
+    assert torch.equal(a, b)
+    # another rank's batch (other ids), another update or another seed: other masks
+    assert not torch.equal(a, span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=1, update=5,
+                                        sample_ids=ids + 100))
+    assert not torch.equal(a, span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=1, update=6, sample_ids=ids))
+    assert not torch.equal(a, span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=2, update=5, sample_ids=ids))
+    # a row depends on its own sample only: the same sample in another batch position gets the same mask
+    swapped = span_mask(4, 200, 0.65, 10, require_same_masks=False, seed=1, update=5, sample_ids=ids.flip(0))
+    assert torch.equal(swapped.flip(0), a)
+
+
+def test_block_masks_are_a_function_of_seed_update_and_sample_id():
+    from d2v_plugin.core.masking import block_mask_2d
+
+    ids = torch.tensor([0, 1, 2])
+    a = block_mask_2d(3, 8, 8, 30, min_block=4, seed=1, update=2, sample_ids=ids)
+    assert torch.equal(a, block_mask_2d(3, 8, 8, 30, min_block=4, seed=1, update=2, sample_ids=ids))
+    other_rank = block_mask_2d(3, 8, 8, 30, min_block=4, seed=1, update=2, sample_ids=ids + 3)
+    assert all(not torch.equal(a[i], other_rank[i]) for i in range(3))
+    assert torch.equal(block_mask_2d(3, 8, 8, 30, min_block=4, seed=1, update=2, sample_ids=ids.flip(0)).flip(0), a)
+
+
+def _two_ranks_masks(build, ids_rank0, ids_rank1):
+    """What two data-parallel ranks draw at the same update: fairseq seeds torch alike on both."""
+    masks = []
+    for ids in (ids_rank0, ids_rank1):
+        torch.manual_seed(1 + 7)  # common.seed + num_updates, as fairseq's trainer does on every rank
+        masks.append(build(ids))
+    return masks
+
+
+def test_models_draw_different_masks_on_each_rank():
+    from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
+    from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
+    from tests.reference import audio_config, image_config
+
+    audio = Data2VecAudioModel(Data2VecAudioConfig(**audio_config.TINY_AUDIO, seed=1))
+    audio.set_num_updates(7)
+    x = torch.zeros(2, 50, audio.cfg.encoder_embed_dim)
+    r0, r1 = _two_ranks_masks(lambda ids: audio.apply_mask(x, None, sample_ids=ids)[1],
+                              torch.tensor([0, 1]), torch.tensor([2, 3]))
+    assert not torch.equal(r0, r1)
+    again, _ = _two_ranks_masks(lambda ids: audio.apply_mask(x, None, sample_ids=ids)[1],
+                                torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert torch.equal(again, r0)  # and a resumed run (same seed, update, ids) draws the same
+
+    image = Data2VecImageModel(Data2VecImageConfig(**image_config.TINY_IMAGE, seed=1))
+    image.set_num_updates(7)
+    r0, r1 = _two_ranks_masks(lambda ids: image.sample_mask(2, sample_ids=ids), torch.tensor([0, 1]),
+                              torch.tensor([2, 3]))
+    assert not torch.equal(r0, r1)

@@ -166,6 +166,11 @@ def test_undecodable_image_travels_to_the_main_process(image_dir):
     batch = ds.collater([ds[0], ds[1]])
     with pytest.raises(ManifestError, match=r"train.tsv:3: cannot read image .*cat/1.png"):
         raise_if_unreadable(batch)
+    # decoded in a data-loader worker process (what fairseq's iterator does): the error arrives as data,
+    # not as the worker's traceback, and the image task raises it in the main process
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=ds.collater)
+    with pytest.raises(ManifestError, match=r"train.tsv:3: cannot read image .*cat/1.png"):
+        raise_if_unreadable(next(iter(loader)))
 
 
 @pytest.mark.parametrize("rows, labels, message", [

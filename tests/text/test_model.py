@@ -1,7 +1,5 @@
 """data2vec_text: numerical parity with fairseq's bundled reference, teacher input, checkpoints, fine-tuning."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +11,11 @@ from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
 from d2v_plugin.core.criterion import regression_loss
+from d2v_plugin.core.teacher_student import Views
 from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
 from d2v_plugin.text.classification import Data2VecTextClassificationConfig
 from tests.reference.text_config import TINY_TEXT, make_batch, make_dictionary
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.reference.runner import run_in_subprocess
 
 
 def make_model(**overrides) -> Data2VecTextModel:
@@ -27,11 +25,8 @@ def make_model(**overrides) -> Data2VecTextModel:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Run fairseq.examples.data2vec's text model in its own process (it registers the same name)."""
-    out = tmp_path_factory.mktemp("reference") / "reference_text.pt"
-    subprocess.run([sys.executable, "-m", "tests.reference.text_reference", str(out)], cwd=REPO, check=True,
-                   capture_output=True)
-    return torch.load(out, weights_only=True)
+    """fairseq.examples.data2vec's text model run in its own process (it registers our model names)."""
+    return run_in_subprocess("text", tmp_path_factory.mktemp("reference") / "reference_text.pt")
 
 
 def test_reference_state_dict_loads_and_gives_the_same_loss(reference):
@@ -63,7 +58,7 @@ def test_teacher_sees_unmasked_tokens_and_loss_covers_selected_positions():
     selected = target_tokens.ne(model.encoder.dictionary.pad())
     with torch.no_grad():
         out = model(src_tokens, target_tokens)
-        expected = model.encoder.teacher_targets(tokens)[selected]
+        expected = model.encoder.teacher_targets(Views(tokens, tokens, selected))[selected]
     # BERT's rule: every selected position (<mask>, random and unchanged ones) is regressed ...
     masked = src_tokens.eq(model.encoder.mask_idx)
     assert out["pred"].shape == (int(selected.sum()), TINY_TEXT["transformer"]["encoder"]["embed_dim"])
@@ -178,7 +173,8 @@ def test_low_precision_student_keeps_an_fp32_teacher_run_under_autocast():
     model = make_model()
     src_tokens, target_tokens, tokens = make_batch()
     with torch.no_grad():
-        fp32_targets = model.encoder.teacher_targets(tokens)[target_tokens.ne(model.encoder.dictionary.pad())]
+        selected = target_tokens.ne(model.encoder.dictionary.pad())
+        fp32_targets = model.encoder.teacher_targets(Views(tokens, tokens, selected))[selected]
     model.to(torch.bfloat16)  # what fairseq does for --bf16 (and .half() for --fp16)
     out = model(src_tokens, target_tokens)
     assert model.encoder.ema_teacher.model.layers[0].fc1.weight.dtype == torch.float32

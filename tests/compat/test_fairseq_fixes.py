@@ -1,0 +1,68 @@
+"""The fixes to fairseq: applied from one function, listed in the README, causes kept chained; and no
+process-wide setting (allocator, DDP wrapper) changes unless training asks for it."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from d2v_plugin.compat import fairseq_fixes
+from d2v_plugin.core.errors import ManifestError
+from tests.cli import REPO
+
+
+def test_readme_lists_exactly_the_fixes_the_code_applies():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Fixes to fairseq", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"^\d+\. `([a-z_]+)`", section, flags=re.M)
+    assert listed == list(fairseq_fixes.FIXES)
+
+
+def test_apply_is_idempotent_and_patches_once():
+    from fairseq.data import data_utils
+
+    before = data_utils.batch_by_size
+    fairseq_fixes.apply()
+    fairseq_fixes.apply()
+    assert data_utils.batch_by_size is before and getattr(before, "_d2v_keeps_tail", False)
+
+
+def test_unreadable_audio_names_the_row_and_keeps_the_cause(tmp_path):
+    from fairseq.data.audio.raw_audio_dataset import FileAudioDataset
+
+    sf.write(tmp_path / "a.wav", np.zeros(4000, dtype=np.float32), 16000)
+    (tmp_path / "b.wav").write_bytes(b"RIFF not really a wav file at all" * 10)
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{tmp_path}\na.wav\t4000\nb.wav\t4000\n")
+    dataset = FileAudioDataset(str(manifest), sample_rate=16000)
+    with pytest.raises(ManifestError, match=rf"{re.escape(str(manifest))}:3: cannot read audio") as e:
+        dataset[1]
+    assert e.value.__cause__ is not None  # the soundfile error is chained, not hidden
+
+
+PROBE = """
+import ctypes, torch
+import d2v_plugin
+from d2v_plugin.compat import cpu_allocator
+from fairseq.models import distributed_fairseq_model
+from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
+from tests.reference import audio_config
+Data2VecAudioModel(Data2VecAudioConfig(**audio_config.TINY_AUDIO))
+print("after model:", cpu_allocator._applied)
+print("ddp is torch's:", distributed_fairseq_model.DistributedDataParallel is torch.nn.parallel.DistributedDataParallel)
+from d2v_plugin.core.criterion import Data2VecCriterion
+Data2VecCriterion(None, cpu_keep_freed_memory={keep})
+print("after criterion:", cpu_allocator._applied)
+"""
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_only_cpu_training_changes_the_allocator_and_nothing_patches_ddp(keep):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(keep=keep)], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True).stdout
+    assert "after model: None" in out  # building (or loading) a model leaves glibc alone
+    assert "ddp is torch's: True" in out  # the CPU DDP wrapper is d2v-hydra-train's, for CPU ranks only
+    assert f"after criterion: {True if keep else None}" in out

@@ -7,8 +7,6 @@ not mono files are listed on stderr as ``error: PATH: REASON`` and nothing is wr
 files and renamed into place only when both are complete, so existing manifests are never half-replaced.
 
     python -m manifests.audio_manifest /data/LibriSpeech/train-960 --dest manifests --ext flac --valid-percent 0.01
-
-``read_manifest`` reads (and validates) such a manifest back.
 """
 
 import argparse
@@ -185,42 +183,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ManifestInputError, OSError) as e:  # OSError: e.g. --dest not writable; a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def read_manifest(path: str, check_files: bool = False) -> Tuple[str, List[Tuple[str, int]]]:
-    """Read a wav2vec-style manifest: ``(root, [(relpath, num_frames), ...])``.
-
-    Raises ``ValueError("{path}:{line_no}: {problem}")`` (1-based file lines) for a missing root line,
-    an empty line, a line without exactly two tab-separated fields, a frame count that is not a positive
-    integer, and, with ``check_files``, a row whose file does not exist.
-    """
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start an empty one
-    if not lines or not lines[0].strip():
-        raise ValueError(f"{path}:1: missing root folder line")
-    root = lines[0].strip()
-    rows = []
-    for line_no, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
-        if not line.strip():
-            raise ValueError(f"{path}:{line_no}: empty line")
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{line_no}: expected 2 tab-separated fields (path, frames), "
-                             f"got {len(fields)}: {line!r}")
-        rel, frames_text = fields
-        try:
-            frames = int(frames_text)
-        except ValueError:
-            raise ValueError(f"{path}:{line_no}: frame count {frames_text!r} is not an integer") from None
-        if frames <= 0:
-            raise ValueError(f"{path}:{line_no}: frame count {frames} is not positive")
-        if check_files and not os.path.isfile(os.path.join(root, rel)):
-            raise ValueError(f"{path}:{line_no}: audio file not found: {os.path.join(root, rel)}")
-        rows.append((rel, frames))
-    return root, rows
 
 
 if __name__ == "__main__":

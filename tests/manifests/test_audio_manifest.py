@@ -1,4 +1,7 @@
-"""manifests.audio_manifest: wav2vec-style manifests, a clear error for every kind of bad file, read_manifest."""
+"""manifests.audio_manifest: wav2vec-style manifests, a clear error for every kind of bad file.
+
+Reading manifests back is tested with the reader, in tests/audio/test_manifest.py.
+"""
 
 import subprocess
 import sys
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from manifests.audio_manifest import main, read_manifest
+from manifests.audio_manifest import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,34 +153,3 @@ def test_no_audio_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "--dest", str(tmp_path / "m")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
-
-
-def test_read_manifest_round_trip(folder, tmp_path):
-    assert main([str(folder), "--dest", str(tmp_path), "--valid-percent", "0"]) == 0
-    root, rows = read_manifest(str(tmp_path / "train.tsv"), check_files=True)
-    assert root == str(folder.resolve()) and len(rows) == 21
-    assert all(isinstance(frames, int) and frames == sf.info(str(folder / rel)).frames for rel, frames in rows)
-
-
-@pytest.mark.parametrize("body,line_no,problem", [
-    ("a.wav\t100\n\nb.wav\t100\n", 3, "empty line"),
-    ("a.wav\t100\nb.wav 100\n", 3, "expected 2 tab-separated fields"),
-    ("a.wav\t100\textra\n", 2, "expected 2 tab-separated fields"),
-    ("a.wav\tlots\n", 2, "frame count 'lots' is not an integer"),
-])
-def test_read_manifest_errors(tmp_path, body, line_no, problem):
-    manifest = tmp_path / "train.tsv"
-    manifest.write_text(f"{tmp_path}\n{body}")
-    with pytest.raises(ValueError) as e:
-        read_manifest(str(manifest))
-    assert str(e.value).startswith(f"{manifest}:{line_no}: {problem}")
-
-
-def test_read_manifest_missing_file(tmp_path):
-    tone(tmp_path / "a.wav")
-    manifest = tmp_path / "train.tsv"
-    manifest.write_text(f"{tmp_path}\na.wav\t4000\nsub/gone.wav\t4000\n")
-    assert read_manifest(str(manifest))[1] == [("a.wav", 4000), ("sub/gone.wav", 4000)]  # not checked by default
-    with pytest.raises(ValueError) as e:
-        read_manifest(str(manifest), check_files=True)
-    assert str(e.value).startswith(f"{manifest}:3: ") and str(e.value).endswith(str(tmp_path / "sub" / "gone.wav"))

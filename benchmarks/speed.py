@@ -11,9 +11,8 @@ run; then the EMA update of the base audio teacher against one fused pass over t
 memory-bandwidth floor). On a GPU (``--device cuda``, the default when one is present) both sides run
 under bf16 autocast.
 
-The reference needs a few workarounds to import and run (in its worker process only): a hash for
-fairseq's ``TransformerConfig`` (Python 3.11 dataclass defaults), numpy's removed ``np.int``, its debug
-prints silenced, and its mask samplers replaced by the shared masks.
+The reference is built and run (in its worker process only) by ``tests/reference/runner.py``, which holds
+every workaround it needs on this stack, its mask samplers replaced by the shared masks included.
 
     .venv/bin/python benchmarks/speed.py                      # audio tiny+base, text, image: a few minutes
     .venv/bin/python benchmarks/speed.py --modalities audio --sizes base --steps 3
@@ -23,7 +22,6 @@ prints silenced, and its mask samplers replaced by the shared masks.
 import argparse
 import contextlib
 import importlib.util
-import io
 import json
 import os
 import platform
@@ -40,6 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for tests.reference.runner: the reference's build and forward, with its workarounds
 AUDIO_SIZES = {
     # the tiny CPU recipe (examples/audio/pretraining/tiny_cpu.yaml): ~9 s of audio per batch
     "tiny": dict(arch=dict(conv_feature_layers="[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2",
@@ -130,74 +130,54 @@ def make_inputs(workload: str) -> dict:
 
 
 # -- models (in the worker process) ------------------------------------------------------------------
-def build(impl: str, workload: str):
+def options_of(workload: str) -> dict:
+    """The architecture of ``workload``, in the option names both implementations share."""
     modality, size = workload.split()
-    torch.manual_seed(0)
     if modality == "audio":
-        cfg_kwargs = {**AUDIO_COMMON, **AUDIO_SIZES[size]["arch"]}
-        if impl == "reference":
-            from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
-        else:
-            import d2v_plugin  # noqa: F401
-            from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
-        model = Data2VecAudioModel(Data2VecAudioConfig(**cfg_kwargs))
-        if impl == "reference":
-            with torch.no_grad():  # the reference's EMA deepcopy needs a weight-norm weight made without autograd
-                model.encoder.pos_conv(torch.zeros(1, cfg_kwargs["encoder_embed_dim"], 8))
+        return {**AUDIO_COMMON, **AUDIO_SIZES[size]["arch"]}
+    return TEXT if modality == "text" else IMAGE
+
+
+def build(impl: str, workload: str):
+    modality = workload.split()[0]
+    options = options_of(workload)
+    torch.manual_seed(0)
+    if impl == "reference":
+        from tests.reference.runner import build_reference
+
+        return build_reference(modality, options, text_dictionary() if modality == "text" else None)
+    import d2v_plugin  # noqa: F401
+
+    if modality == "audio":
+        from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
+
+        model = Data2VecAudioModel(Data2VecAudioConfig(**options))
     elif modality == "text":
         from omegaconf import OmegaConf
 
-        if impl == "reference":
-            from fairseq.models.transformer import TransformerConfig
+        from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
 
-            TransformerConfig.__hash__ = object.__hash__  # its config's TransformerConfig() default (Python 3.11)
-            from fairseq.examples.data2vec.models.data2vec_text import (
-                Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel)
-
-            cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), TEXT)
-            # the unused decoder part interpolates ${model.decoder.embed_dim}, absent outside a hydra run
-            cfg.transformer.decoder.input_dim = cfg.transformer.decoder.output_dim = cfg.transformer.decoder.embed_dim
-            model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary(), None))
-        else:
-            import d2v_plugin  # noqa: F401
-            from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, Data2VecTextModel
-
-            cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), TEXT, {"loss_positions": "mask_token"})
-            model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary()))
+        cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), options, {"loss_positions": "mask_token"})
+        model = Data2VecTextModel(cfg, Data2VecTextEncoder(cfg, text_dictionary()))
     else:
-        if impl == "reference":
-            import numpy as np
+        from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
 
-            if not hasattr(np, "int"):
-                np.int = int  # removed in numpy 1.24; the reference's make_mask uses it
-            from fairseq.examples.data2vec.models.data2vec_vision import Data2VecVisionConfig, Data2VecVisionModel
-
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints while building and in every forward
-                model = Data2VecVisionModel(Data2VecVisionConfig(**IMAGE))
-        else:
-            import d2v_plugin  # noqa: F401
-            from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
-
-            model = Data2VecImageModel(Data2VecImageConfig(**IMAGE, layer_norm_eps=1e-5))
+        model = Data2VecImageModel(Data2VecImageConfig(**options, layer_norm_eps=1e-5))
     model.train()
     return model
 
 
 def loss_of(impl: str, workload: str, model, inputs: dict):
     modality = workload.split()[0]
+    if impl == "reference":
+        from tests.reference.runner import LOSS, reference_forward
+
+        return reference_forward(modality, model, inputs)["losses"][LOSS[modality]]
     if modality == "audio":
         out = model(inputs["source"], mask_indices=inputs["mask"])
-        if impl == "reference":
-            return out["losses"]["regression"]
     elif modality == "text":
-        if impl == "reference":  # its teacher input is `target_tokens`: the unmasked sentences
-            return model(inputs["src"], target_tokens=inputs["tokens"])["losses"]["main"]
         out = model(inputs["src"], target_tokens=inputs["target"])
     else:
-        if impl == "reference":
-            model.make_mask = lambda *args, **kwargs: inputs["mask"].long()
-            with contextlib.redirect_stdout(io.StringIO()):
-                return model(inputs["images"])["losses"]["regression"]
         out = model(inputs["images"], mask_indices=inputs["mask"])
     from d2v_plugin.core.criterion import regression_loss
 

@@ -1,26 +1,18 @@
 """data2vec_audio: numerical parity with fairseq's bundled reference, and checkpoint compatibility."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from d2v_plugin.core.criterion import mean_std, regression_loss
 from d2v_plugin.audio.model import Data2VecAudioConfig, Data2VecAudioModel
 from tests.reference.audio_config import TINY_AUDIO, VARIANTS, make_batch
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.reference.runner import run_in_subprocess
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Run fairseq.examples.data2vec's model in its own process (it registers the same name)."""
-    out = tmp_path_factory.mktemp("reference") / "reference_audio.pt"
-    subprocess.run([sys.executable, "-m", "tests.reference.audio_reference", str(out)], cwd=REPO, check=True,
-                   capture_output=True)
-    return torch.load(out, weights_only=True)
+    """fairseq.examples.data2vec's audio model run in its own process (it registers our model names)."""
+    return run_in_subprocess("audio", tmp_path_factory.mktemp("reference") / "reference_audio.pt")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -1,9 +1,5 @@
 """data2vec_image: numerical parity with fairseq's bundled data2vec_vision, checkpoints, config errors."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,18 +10,15 @@ from d2v_plugin.image.model import (
     convert_reference_state_dict,
 )
 from tests.reference.image_config import TINY_IMAGE, VARIANTS, make_batch
+from tests.reference.runner import run_in_subprocess
 
-REPO = Path(__file__).resolve().parents[2]
 PARITY_EPS = dict(layer_norm_eps=1e-5)  # the port uses torch's default LayerNorm epsilon
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Run fairseq.examples.data2vec's vision model in its own process (see image_reference.py)."""
-    out = tmp_path_factory.mktemp("reference") / "reference_image.pt"
-    subprocess.run([sys.executable, "-m", "tests.reference.image_reference", str(out)], cwd=REPO,
-                   check=True, capture_output=True)
-    return torch.load(out, weights_only=True)
+    """fairseq.examples.data2vec's image model run in its own process (it registers our model names)."""
+    return run_in_subprocess("image", tmp_path_factory.mktemp("reference") / "reference_image.pt")
 
 
 def build(**overrides) -> Data2VecImageModel:

@@ -18,7 +18,7 @@ took about as long as the convolutions themselves.
   (``unfold`` is a view): PyTorch's CPU convolution computes its weight gradient slowly for one input
   channel, while the matrix product's is a plain GEMM.
 
-Same arithmetic up to float rounding (tests/test_conv_features.py compares outputs and gradients
+Same arithmetic up to float rounding (tests/audio/test_conv_features.py compares outputs and gradients
 with fairseq's forward).
 """
 

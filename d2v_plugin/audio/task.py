@@ -11,14 +11,20 @@ What it adds to ``audio_finetuning`` (everything else, data loading and batching
 * Labels are checked when a split loads: a manifest/label count mismatch or a character missing from
   the dictionary fails with the manifest row, instead of an assert (count) or a silent ``<unk>``.
 * Evaluation splits never drop utterances: ``min_sample_size`` / ``max_sample_size`` (which make
-  fairseq skip short clips and crop long ones) only apply to the training split.
+  fairseq skip short clips and crop long ones) only apply to the training split (``train_subset``,
+  which follows ``dataset.train_subset``). The task's own config is never changed for that: an
+  evaluation split is built from a copy, so loading ``valid`` first (as ``fairseq-train`` does) leaves
+  the training split cropped and filtered.
 """
 
+import contextlib
+import copy
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, is_dataclass, replace
+from typing import Any, Dict, Iterator, List, Optional
 
-from omegaconf import open_dict
+from omegaconf import II, DictConfig, open_dict
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from fairseq.data import Dictionary
 from fairseq.tasks import register_task
@@ -32,9 +38,40 @@ from d2v_plugin.core.errors import ManifestError
 @dataclass
 class AudioCtcConfig(AudioFinetuningConfig, CtcDecoderConfig):
     train_subset: str = field(
-        default="train",
+        default=II("dataset.train_subset"),
         metadata={"help": "the split that min_sample_size/max_sample_size apply to; other splits keep every row"},
     )
+
+
+def train_subset_of(cfg: Any) -> str:
+    """``cfg.train_subset``, or ``"train"`` where it cannot be resolved.
+
+    Inside fairseq's hydra config the default interpolation ``${dataset.train_subset}`` resolves; a task
+    config built on its own (tests, scripts) has no ``dataset`` node to resolve it against, and a plain
+    dataclass instance holds the ``${...}`` string itself. fairseq's own default is ``"train"``.
+    """
+    try:
+        value = getattr(cfg, "train_subset", None)
+    except (InterpolationResolutionError, MissingMandatoryValue):
+        return "train"
+    if not isinstance(value, str) or not value or value.startswith("${"):
+        return "train"
+    return value
+
+
+def evaluation_config(cfg: Any) -> Any:
+    """A copy of the task config with ``min_sample_size = 0`` and ``max_sample_size = None``; ``cfg`` is untouched."""
+    if isinstance(cfg, DictConfig):
+        cfg = copy.deepcopy(cfg)  # keeps the parent node, so interpolations still resolve
+        with open_dict(cfg):
+            cfg.min_sample_size = 0
+            cfg.max_sample_size = None
+        return cfg
+    if is_dataclass(cfg):
+        return replace(cfg, min_sample_size=0, max_sample_size=None)
+    cfg = copy.copy(cfg)  # argparse.Namespace (legacy configs)
+    cfg.min_sample_size, cfg.max_sample_size = 0, None
+    return cfg
 
 
 def dictionary_to_plain(d: Dictionary) -> Dict[str, Any]:
@@ -69,14 +106,27 @@ class AudioCtcTask(AudioFinetuningTask):
     # -- data ------------------------------------------------------------------------------------
     def load_dataset(self, split: str, task_cfg: Optional[AudioCtcConfig] = None, **kwargs):
         task_cfg = task_cfg or self.cfg
-        if split != getattr(task_cfg, "train_subset", "train"):
-            with open_dict(task_cfg):  # evaluation: every row, uncropped
-                task_cfg.min_sample_size = 0
-                task_cfg.max_sample_size = None
         manifest = os.path.join(self.cfg.data, f"{split}.tsv")
         label_path = os.path.join(self.cfg.data, f"{split}.{task_cfg.labels}")
         self.check_labels(manifest, label_path)
-        super().load_dataset(split, task_cfg, **kwargs)
+        if split == train_subset_of(task_cfg):
+            super().load_dataset(split, task_cfg, **kwargs)
+            return
+        # Evaluation: every row, uncropped, from a copy of the config. fairseq's AudioPretrainingTask
+        # reads min_sample_size / max_sample_size from self.cfg (not task_cfg), so the copy stands in
+        # for self.cfg too while the split is built; the config objects themselves never change.
+        eval_cfg = evaluation_config(task_cfg)
+        with self._config(eval_cfg if task_cfg is self.cfg else evaluation_config(self.cfg)):
+            super().load_dataset(split, eval_cfg, **kwargs)
+
+    @contextlib.contextmanager
+    def _config(self, cfg: Any) -> Iterator[None]:
+        saved = self.cfg
+        self.cfg = cfg
+        try:
+            yield
+        finally:
+            self.cfg = saved
 
     def check_labels(self, manifest: str, label_path: str) -> None:
         """Fail with the manifest row when labels are missing or use characters outside the dictionary."""

@@ -42,22 +42,64 @@ def regression_loss(pred: Tensor, target: Tensor, beta: float, scale: Optional[f
     return loss.sum(dim=-1) * scale
 
 
-@torch.no_grad()
-def mean_std(x: Tensor) -> Tensor:
-    """Mean over channels of the per-channel standard deviation across positions, ``(M, D) -> ()``.
+def _local_moments(x: Tensor) -> Tensor:
+    """``(M, D) -> (3, D)`` float64: count, mean and M2 (sum of squared deviations from the mean) per channel.
 
-    Under torch.distributed the statistics are pooled over all ranks (on whatever device ``x`` is:
-    gloo on CPU works too). This is fairseq's ``target_var`` / ``pred_var``.
+    Computed in fp32 (no fp64 copy of the activations) with the corrected two-pass formula: the
+    deviations are taken from the mean, and the rounding error of that mean is removed again, so the
+    result stays accurate however large the mean is next to the spread. 0 rows give count 0, mean 0, M2 0.
     """
     x = x.reshape(-1, x.size(-1)).float()
-    if not (dist.is_available() and dist.is_initialized()):
-        return torch.sqrt(x.var(dim=0) + 1e-6).mean()
-    n = torch.tensor([float(x.size(0))], device=x.device)
-    s, ss = x.sum(dim=0), (x * x).sum(dim=0)
-    for t in (n, s, ss):
-        dist.all_reduce(t)
-    var = ss / (n - 1) - s * s / (n * (n - 1))
-    return torch.sqrt(var + 1e-6).mean()
+    n = x.size(0)
+    if n == 0:
+        zeros = x.new_zeros(x.size(-1), dtype=torch.float64)
+        return torch.stack([zeros, zeros, zeros])
+    mean = x.mean(dim=0)
+    d = x - mean
+    s1 = d.sum(dim=0)
+    m2 = ((d * d).sum(dim=0) - s1 * s1 / n).clamp_min(0)
+    # The corrected mean in float64: rounded back to fp32 it would be off by up to half an ulp of the
+    # mean (5e-4 at 1e4), which the between-rank term of the pooled M2 would multiply by the count.
+    mean = mean.double() + s1.double() / n
+    return torch.stack([torch.full_like(mean, float(n)), mean, m2.double()])
+
+
+@torch.no_grad()
+def mean_channel_stds(*tensors: Tensor) -> Tensor:
+    """For each ``(M, D)`` tensor, the mean over channels of the per-channel std across positions: ``(len(tensors),)``.
+
+    This is fairseq's ``target_var`` / ``pred_var``: ``sqrt(var + 1e-6)`` averaged over channels, with the
+    unbiased (n - 1) variance; with fewer than 2 positions in all the variance counts as 0 (no NaN).
+
+    Under torch.distributed the statistics are pooled over all ranks with ONE collective for all the
+    tensors, on whatever device they are (gloo on CPU works too). Why an all_gather of the per-rank
+    (count, mean, M2) and not an all_reduce: a sum can only pool power sums (n, sum x, sum x^2), and
+    ``sum x^2 - (sum x)^2 / n`` cancels catastrophically when the mean is large next to the std (it can
+    even turn negative: NaN); a cancellation-free shift would have to be agreed on by the ranks first
+    (a second collective). Gathering the small ``(3, D)`` moments of every rank (a few KB) instead
+    lets each rank pool them exactly and stably: ``M2 = sum_i M2_i + sum_i n_i (mean_i - mean)^2``, a
+    sum of nonnegative terms (the closed form of Chan et al.'s parallel merge), done in float64.
+    """
+    moments = torch.cat([_local_moments(t) for t in tensors], dim=1)  # (3, sum of D)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [torch.empty_like(moments) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, moments)
+        ranks = torch.stack(gathered)  # (world, 3, sum of D)
+        n_i, mean_i, m2_i = ranks[:, 0], ranks[:, 1], ranks[:, 2]
+        n = n_i.sum(dim=0)
+        mean = (n_i * mean_i).sum(dim=0) / n.clamp_min(1)
+        m2 = m2_i.sum(dim=0) + (n_i * (mean_i - mean) ** 2).sum(dim=0)
+    else:
+        n, m2 = moments[0], moments[2]
+    var = m2 / (n - 1).clamp_min(1)
+    std = torch.sqrt(var + 1e-6).float()
+    sizes = [t.size(-1) for t in tensors]
+    return torch.stack([chunk.mean() for chunk in std.split(sizes)])
+
+
+def mean_std(x: Tensor) -> Tensor:
+    """:func:`mean_channel_stds` of one tensor, ``(M, D) -> ()``."""
+    return mean_channel_stds(x)[0]
 
 
 @dataclass
@@ -81,13 +123,16 @@ class Data2VecCriterion(FairseqCriterion):
             keep_freed_memory()
 
     def forward(self, model, sample, reduce=True):
-        out = model(**sample["net_input"])
+        # The sample ids seed each sample's mask (with common.seed and the update number): masks differ
+        # between samples and data-parallel ranks, and a resumed run draws the same ones again.
+        out = model(**sample["net_input"], sample_ids=sample.get("id"))
         cfg = model.cfg
         pred, target = out["pred"], out["target"]
         loss = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale).sum()
         sample_size = pred.size(0)  # the number of masked positions
 
-        target_var, pred_var = mean_std(target), mean_std(pred)
+        # Both statistics in one collective and one device sync (see mean_channel_stds).
+        target_var, pred_var = mean_channel_stds(target, pred).tolist()
         num_updates = getattr(model, "num_updates", 0)
         if model.training and num_updates >= cfg.var_check_start_update:
             for name, value, limit in (
@@ -96,7 +141,7 @@ class Data2VecCriterion(FairseqCriterion):
             ):
                 if value < limit:
                     raise RepresentationCollapseError(
-                        f"{name} = {value.item():.4g} fell below model.min_{name} = {limit} at update "
+                        f"{name} = {value:.4g} fell below model.min_{name} = {limit} at update "
                         f"{num_updates}: the representations collapsed. Lower the learning rate, check "
                         f"ema_decay / the data, or change model.min_{name}."
                     )
@@ -108,8 +153,8 @@ class Data2VecCriterion(FairseqCriterion):
             "sample_size": sample_size,
             "nsentences": sample["id"].numel() if "id" in sample else 0,
             "batches": 1,
-            "target_var": target_var.item(),
-            "pred_var": pred_var.item(),
+            "target_var": target_var,
+            "pred_var": pred_var,
         }
         for key in ("ema_decay", "feature_var"):  # optional, model-specific monitors
             if key in out:

@@ -116,23 +116,3 @@ def test_finetuning_from_a_reference_checkpoint(speech_data, tmp_path):
     # the encoder is frozen for the first updates: it still holds the reference's weights
     for k in ("encoder.layers.0.fc1.weight", "feature_extractor.conv_layers.0.0.weight", "post_extract_proj.weight"):
         assert torch.equal(tuned[f"w2v_encoder.w2v_model.{k}"], reference[k]), k
-
-
-@pytest.mark.parametrize("problem", ["count", "unknown_letter"])
-def test_bad_labels_fail_naming_the_row(speech_data, pretrained, tmp_path, problem):
-    data = tmp_path / "data"
-    shutil.copytree(speech_data, data)
-    labels = (data / "valid.ltr").read_text().splitlines()
-    if problem == "count":
-        labels = labels[:-1]
-        expected = "has no label"
-    else:
-        labels[2] = labels[2] + " Q |"
-        expected = "valid.ltr:3: row "
-    (data / "valid.ltr").write_text("\n".join(labels) + "\n")
-    ckpt_dir, _ = pretrained
-    proc = hydra_train("examples/audio/finetuning", "tiny_cpu", tmp_path / "run",
-                       [f"task.data={data}", f"model.w2v_path={ckpt_dir / 'checkpoint_last.pt'}",
-                        f"checkpoint.save_dir={tmp_path / 'ckpt'}", "optimization.max_update=1"], check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and expected in out, out[-2000:]

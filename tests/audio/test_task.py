@@ -117,3 +117,21 @@ def test_train_subset_defaults_to_train_outside_hydra():
     assert train_subset_of(OmegaConf.structured(AudioCtcConfig)) == "train"  # ${dataset.train_subset} unresolved
     assert train_subset_of(AudioCtcConfig()) == "train"  # the dataclass holds the "${...}" string
     assert train_subset_of(OmegaConf.merge(OmegaConf.structured(AudioCtcConfig), {"train_subset": "tr"})) == "tr"
+
+
+@pytest.mark.parametrize("problem", ["count", "unknown_letter"])
+def test_bad_labels_fail_naming_the_row(tmp_path, problem):
+    """Checked when the split loads, before any update (no training run needed to see the message)."""
+    from d2v_plugin.core.errors import ManifestError
+
+    data = write_corpus(tmp_path, ["train", "valid"])
+    lines = (data / "valid.ltr").read_text().splitlines()
+    if problem == "count":
+        lines, expected = lines[:-1], r"valid.ltr: 5 labels for 6 manifest rows .*row utt5.wav \(line 7\) has no label"
+    else:
+        lines[2] += " Q |"
+        expected = r"valid.ltr:3: row utt2.wav has symbols not in the dictionary: \['Q'\]"
+    (data / "valid.ltr").write_text("\n".join(lines) + "\n")
+    task = tasks.setup_task(task_node(data))
+    with pytest.raises(ManifestError, match=expected):
+        task.load_dataset("valid")

@@ -10,7 +10,9 @@ Output in ``--dest``: ``dict.txt``, ``train.{bin,idx}``, ``valid.{bin,idx}`` and
 Sentence classification input (the ``sentence_prediction`` task, ``--labels``): one example per line
 (a sentence, or a pair separated by a TAB) and a labels file with one label per line. Encode it with
 the pre-trained model's SentencePiece model and dictionary so that the token ids match. Output:
-``input0/`` (and ``input1/`` for pairs) and ``label/``, as fairseq expects.
+``input0/`` (and ``input1/`` for pairs) and ``label/``, as fairseq expects. Without ``--srcdict`` the
+``dict.txt`` next to ``--spm-model`` (a pre-training data-bin's) is used; with none there, classification
+is refused.
 
     python -m manifests.text_manifest train.txt --labels train.labels --valid-input dev.txt \\
         --valid-labels dev.labels --spm-model data-bin/spm.model --srcdict data-bin/dict.txt --dest cls-bin
@@ -252,7 +254,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="use this SentencePiece model instead of training one (e.g. the pre-training data's)")
     p.add_argument("--srcdict", type=Path,
                    help="use this fairseq dict.txt instead of building one (needed to fine-tune a pre-trained "
-                        "model: pass the pre-training data-bin's dict.txt)")
+                        "model: pass the pre-training data-bin's dict.txt); default with --spm-model: the "
+                        "dict.txt next to it")
     p.add_argument("--valid-percent", type=float, default=None,
                    help="fraction (0-1) of the documents (examples) that go to valid; default 0.01, "
                         "not allowed with --valid-input")
@@ -281,7 +284,27 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             p.error(f"--{flag.replace('_', '-')} {path}: no such file")
+    if args.spm_model is not None and args.srcdict is None:
+        args.srcdict = neighbour_dictionary(args.spm_model, classification=bool(args.labels), parser=p)
     return args
+
+
+def neighbour_dictionary(spm_model: Path, classification: bool, parser: argparse.ArgumentParser) -> Optional[Path]:
+    """``--srcdict`` when only ``--spm-model`` is given: the ``dict.txt`` next to it.
+
+    This script writes the two side by side; a dictionary built anew from this corpus would list the
+    same pieces in another (frequency) order, so a pre-trained model would read scrambled token ids.
+    Classification refuses to go on without one; pre-training builds its own (None).
+    """
+    neighbour = spm_model.parent / "dict.txt"
+    if neighbour.is_file():
+        print(f"--srcdict not given: using {neighbour}, the dictionary next to --spm-model", file=sys.stderr)
+        return neighbour
+    if classification:
+        parser.error(f"--spm-model {spm_model} without --srcdict, and there is no dict.txt next to it "
+                     f"({neighbour}): pass the pre-training data-bin's dictionary (--srcdict DATA_BIN/dict.txt); "
+                     f"a dictionary built from this data would give other token ids than the pre-trained model's")
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

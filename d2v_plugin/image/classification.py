@@ -9,25 +9,27 @@ a LayerNorm and fed to a linear layer.
   layer train.
 * ``no_pretrained_weights=true``: same architecture, random weights (a baseline).
 
+The pre-training config is kept in ``pretrained_model_cfg`` (:mod:`d2v_plugin.core.finetune`), so a
+fine-tuned checkpoint reloads (and resumes) without the pre-training checkpoint.
+
 It plugs into fairseq's ``sentence_prediction`` criterion: ``forward(..., classification_head_name=)``
 returns ``(logits, extra)`` and the head is ``classification_heads["sentence_classification_head"]``,
 the criterion's default name.
 """
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 from torch import Tensor, nn
 
-from fairseq import checkpoint_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import LayerNorm
 
+from d2v_plugin.core.finetune import config_from_pretrained, pretrained_config
 from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
 
 logger = logging.getLogger(__name__)
@@ -84,23 +86,13 @@ class Data2VecImageClassificationModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecImageClassificationConfig, task=None):
-        state = None
-        if cfg.pretrained_model_cfg is None:
-            if not os.path.isfile(cfg.model_path):
-                raise FileNotFoundError(f"model.model_path={cfg.model_path}: no such checkpoint")
-            state = checkpoint_utils.load_checkpoint_to_cpu(cfg.model_path)
-            saved = state["cfg"]["model"]
-            if saved.get("_name") != "data2vec_image":
-                raise ValueError(f"{cfg.model_path}: expected a data2vec_image pre-training checkpoint, "
-                                 f"found model {saved.get('_name')!r}")
-            cfg.pretrained_model_cfg = OmegaConf.to_container(saved, resolve=True)
-        backbone_cfg = OmegaConf.merge(OmegaConf.structured(Data2VecImageConfig),
-                                      {k: v for k, v in cfg.pretrained_model_cfg.items() if k != "_name"})
+        state, pretrained = pretrained_config(cfg, "data2vec_image")
+        backbone_cfg = config_from_pretrained(Data2VecImageConfig, pretrained)
         if cfg.drop_path is not None:
             backbone_cfg.drop_path = cfg.drop_path
         backbone = Data2VecImageModel(backbone_cfg)
         backbone.remove_pretraining_modules()
-        if state is not None and not cfg.no_pretrained_weights:
+        if state is not None:
             backbone.load_state_dict(state["model"], strict=True)
             logger.info(f"loaded pre-trained encoder weights from {cfg.model_path}")
         num_classes = cfg.num_classes or getattr(task, "num_classes", 0)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List
 
-from omegaconf import II, MISSING, open_dict
+from omegaconf import II, MISSING
 
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
@@ -126,13 +126,3 @@ class ImageClassificationTask(ImagePretrainingTask):
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        # Keep the pre-trained architecture in the saved config, so a fine-tuned checkpoint loads
-        # (and resumes) without the pre-training checkpoint.
-        pretrained = getattr(model.cfg, "pretrained_model_cfg", None)
-        if pretrained is not None and cfg.get("pretrained_model_cfg", None) is None:
-            with open_dict(cfg):
-                cfg.pretrained_model_cfg = pretrained
-        return model

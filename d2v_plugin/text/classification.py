@@ -6,24 +6,30 @@ saved by fairseq's data2vec text), loses its teacher and regression head, and ge
 classification head on the first token (``<s>``) for each head the task registers.
 
 Parameter names are RoBERTa's (``encoder.sentence_encoder.*``, ``classification_heads.*``). The
-pre-training config is copied into this model's config (``pretrained_model_cfg``), so a fine-tuned
-checkpoint reloads without the pre-training checkpoint; ``no_pretrained_weights=true`` trains the same
-architecture from random weights (a baseline).
+pre-training config is copied into this model's config (``pretrained_model_cfg``, see
+:mod:`d2v_plugin.core.finetune`), so a fine-tuned checkpoint reloads without the pre-training checkpoint;
+``no_pretrained_weights=true`` trains the same architecture from random weights (a baseline).
+
+The fine-tuning data must be binarized with the pre-training dictionary: the checkpoint's
+``dictionary_digest`` (of its symbols, in order) must match the task's dictionary, or the token ids
+would mean other tokens (:func:`check_dictionary`).
 """
 
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence
 
-from omegaconf import MISSING, OmegaConf, open_dict
+from omegaconf import MISSING
 from torch import Tensor, nn
 
-from fairseq import checkpoint_utils, utils
+from fairseq import utils
+from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderModel, register_model
 from fairseq.models.roberta.model import RobertaClassificationHead
 
+from d2v_plugin.core.finetune import config_from_pretrained, dictionary_digest, pretrained_config
 from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder
 
 logger = logging.getLogger(__name__)
@@ -57,29 +63,54 @@ class Data2VecTextClassificationConfig(FairseqDataclass):
     )
 
 
-def load_pretraining_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model.model_path={path}: no such checkpoint")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    name = state["cfg"]["model"].get("_name")
-    if name != "data2vec_text":
-        raise ValueError(f"{path}: expected a data2vec_text pre-training checkpoint, found model {name!r}")
-    return state
+def first_difference(a: Sequence[str], b: Sequence[str]) -> int:
+    """Index of the first symbol where ``a`` and ``b`` differ (the shorter length if one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def remember_in_run_config(cfg, key: str, value) -> None:
-    """Set ``cfg.<key>`` where fairseq's checkpoints will see it.
+def pretraining_symbols(state: dict) -> Optional[List[str]]:
+    """The pre-training dictionary's symbols, if its data-bin's ``dict.txt`` is still where it was
+    (``cfg.task.data``; masked_lm reads the first of its ``:``-separated paths) and ``<mask>`` added."""
+    task_cfg = state["cfg"].get("task") or {}
+    data = task_cfg.get("data")
+    path = os.path.join(utils.split_paths(data)[0], "dict.txt") if isinstance(data, str) and data else None
+    if path is None or not os.path.isfile(path):
+        return None
+    dictionary = Dictionary.load(path)
+    dictionary.add_symbol("<mask>")
+    return dictionary.symbols
 
-    fairseq builds a model from a merged *copy* of the run's ``cfg.model`` (``merge_with_parent``)
-    but saves the run's config in checkpoints, so a value set only on ``cfg`` is lost. The copy's
-    parent is the run's config; set the value on its ``model`` node too.
+
+def check_dictionary(state: dict, path: str, dictionary: Dictionary) -> None:
+    """Refuse fine-tuning data binarized with another dictionary than the pre-training checkpoint's.
+
+    Symbols are compared through the digest the checkpoint's model config stores
+    (``dictionary_digest``, :func:`d2v_plugin.core.finetune.dictionary_digest`); a checkpoint without
+    one (older, or fairseq's data2vec) is compared by vocabulary size only, with a warning.
     """
-    setattr(cfg, key, value)
-    parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
-    run_cfg = parent.get("model") if parent is not None else None
-    if run_cfg is not None and run_cfg is not cfg and run_cfg.get("_name") == cfg.get("_name"):
-        with open_dict(run_cfg):
-            run_cfg[key] = value
+    saved = state["model"]["encoder.sentence_encoder.embed_tokens.weight"].size(0)
+    ours = len(dictionary)
+    fix = ("binarize it with the pre-training dict.txt (manifests.text_manifest --spm-model .../spm.model "
+           "--srcdict .../dict.txt)")
+    if saved != ours:
+        raise ValueError(f"{path} was pre-trained with a vocabulary of {saved} symbols but the fine-tuning "
+                         f"data's dictionary has {ours}: {fix}")
+    digest = state["cfg"]["model"].get("dictionary_digest")
+    if digest is None:
+        logger.warning(f"{path} stores no dictionary_digest (an older checkpoint, or fairseq's data2vec): "
+                       f"only the vocabulary sizes ({ours} symbols) were compared, not the symbols")
+        return
+    if digest == dictionary_digest(dictionary):
+        return
+    symbols = pretraining_symbols(state)
+    if symbols is not None and dictionary_digest(symbols) == digest:
+        i = first_difference(symbols, dictionary.symbols)
+        where = (f"the first difference is at index {i}: {symbols[i]!r} in the pre-training dictionary, "
+                 f"{dictionary.symbols[i]!r} in the fine-tuning data's")
+    else:
+        where = "the first differing index is unknown (the pre-training data-bin's dict.txt is gone or changed)"
+    raise ValueError(f"{path} was pre-trained with a dictionary of {saved} symbols and the fine-tuning data's "
+                     f"has {ours}, but their symbols differ (the token ids would mean other tokens); {where}: {fix}")
 
 
 @register_model("data2vec_text_classification", dataclass=Data2VecTextClassificationConfig)
@@ -91,32 +122,24 @@ class Data2VecTextClassificationModel(FairseqEncoderModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecTextClassificationConfig, task):
-        state = None
-        if cfg.pretrained_model_cfg is None:
-            state = load_pretraining_checkpoint(cfg.model_path)
-            saved = OmegaConf.to_container(state["cfg"]["model"], resolve=True, enum_to_str=True)
-            remember_in_run_config(cfg, "pretrained_model_cfg", saved)
-        pretrained = {k: v for k, v in cfg.pretrained_model_cfg.items() if k != "_name"}
-        encoder_cfg = OmegaConf.merge(OmegaConf.structured(Data2VecTextConfig), pretrained)
+        state, pretrained = pretrained_config(cfg, "data2vec_text")
+        # the digest describes the pre-training dictionary, not an encoder option
+        encoder_cfg = config_from_pretrained(Data2VecTextConfig, pretrained, ignore=("dictionary_digest",))
         for key in ("dropout", "attention_dropout"):
             if getattr(cfg, key) is not None:
                 encoder_cfg.transformer[key] = getattr(cfg, key)
         encoder = Data2VecTextEncoder(encoder_cfg, task.source_dictionary)
         encoder.remove_pretraining_modules()
         model = cls(cfg, encoder)
-        if state is not None and not cfg.no_pretrained_weights:
-            model.load_pretrained(state["model"], cfg.model_path)
+        if state is not None:
+            model.load_pretrained(state, cfg.model_path)
         return model
 
-    def load_pretrained(self, state_dict: dict, path: str) -> None:
-        """Load a pre-training state dict (teacher and regression head are dropped on the way)."""
-        key = "encoder.sentence_encoder.embed_tokens.weight"
-        saved, ours = state_dict[key].size(0), self.encoder.sentence_encoder.embed_tokens.num_embeddings
-        if saved != ours:
-            raise ValueError(f"{path} was pre-trained with a vocabulary of {saved} symbols but the fine-tuning "
-                             f"data's dictionary has {ours}: binarize it with the pre-training dict.txt "
-                             f"(manifests.text_manifest --spm-model .../spm.model --srcdict .../dict.txt)")
-        self.load_state_dict(state_dict, strict=True)
+    def load_pretrained(self, state: dict, path: str) -> None:
+        """Load a pre-training checkpoint (:func:`~d2v_plugin.core.finetune.load_checkpoint`'s dict) after
+        checking its dictionary against this model's; teacher and regression head are dropped on the way."""
+        check_dictionary(state, path, self.encoder.dictionary)
+        self.load_state_dict(state["model"], strict=True)
         logger.info(f"loaded pre-trained encoder weights from {path}")
 
     def register_classification_head(self, name: str, num_classes: int, inner_dim: Optional[int] = None, **kwargs):

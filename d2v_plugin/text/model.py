@@ -31,6 +31,7 @@ from fairseq.models.transformer.transformer_config import DecoderConfig, EncDecB
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from d2v_plugin.core.config import Data2VecConfig
+from d2v_plugin.core.finetune import dictionary_digest, remember_in_run_config
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 
 LOSS_POSITIONS = ChoiceEnum(["selected", "mask_token"])
@@ -74,6 +75,11 @@ class Data2VecTextConfig(Data2VecConfig):
                           "rule, as in the paper); mask_token: only those replaced by <mask> (fairseq's "
                           "data2vec implementation, fairseq issue #4229). Equal when masked_lm's "
                           "random_token_prob and leave_unmasked_prob are 0, as in the official recipe"},
+    )
+    dictionary_digest: Optional[str] = field(
+        default=None,
+        metadata={"help": "set by build_model: sha256 of the dictionary's symbols in order "
+                          "(d2v_plugin.core.finetune.dictionary_digest); fine-tuning checks its data against it"},
     )
     load_checkpoint_heads: bool = field(
         default=False,
@@ -201,6 +207,8 @@ class Data2VecTextModel(FairseqEncoderModel):
     def build_model(cls, cfg: Data2VecTextConfig, task):
         if hasattr(task.cfg, "include_target_tokens") and not task.cfg.include_target_tokens:
             raise ValueError("data2vec_text needs the unmasked tokens: set task.include_target_tokens=true")
+        # Remembered in the checkpoint, so fine-tuning can tell a dictionary in another order from ours.
+        remember_in_run_config(cfg, "dictionary_digest", dictionary_digest(task.source_dictionary))
         return cls(cfg, Data2VecTextEncoder(cfg, task.source_dictionary))
 
     @property

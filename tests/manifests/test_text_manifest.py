@@ -77,6 +77,34 @@ def test_classification_pairs_use_the_pretraining_vocabulary(pretraining_bin, tm
     assert sp.decode(d.string(second[0]).split()) == "on the mat"
 
 
+def classification_files(tmp_path: Path) -> list:
+    """A tiny sentence classification set, as ``main``'s leading arguments."""
+    (tmp_path / "t.txt").write_text("mat mat mat the\nsat sat on\nthe mat\n")
+    (tmp_path / "t.labels").write_text("yes\nno\nyes\n")
+    return [str(tmp_path / "t.txt"), "--labels", str(tmp_path / "t.labels"), "--valid-percent", "0", "--workers", "1"]
+
+
+def test_spm_model_without_srcdict_reuses_the_dictionary_next_to_it(pretraining_bin, tmp_path, capsys):
+    dest = tmp_path / "cls"
+    assert main(classification_files(tmp_path) + ["--spm-model", str(pretraining_bin / "spm.model"),
+                                                  "--dest", str(dest)]) == 0
+    assert (dest / "input0" / "dict.txt").read_text() == (pretraining_bin / "dict.txt").read_text()
+    assert f"using {pretraining_bin / 'dict.txt'}" in capsys.readouterr().err
+
+
+def test_spm_model_without_any_dictionary_is_refused(pretraining_bin, tmp_path, capsys):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "spm.model").write_bytes((pretraining_bin / "spm.model").read_bytes())
+    with pytest.raises(SystemExit) as e:
+        main(classification_files(tmp_path) + ["--spm-model", str(alone / "spm.model"), "--dest", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"--spm-model {alone / 'spm.model'} without --srcdict, and there is no dict.txt next to it" in err
+    assert "--srcdict DATA_BIN/dict.txt" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_non_utf8_lines_are_reported_with_file_and_line(tmp_path, capsys):
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     corpus(good)

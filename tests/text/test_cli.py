@@ -13,6 +13,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import d2v_plugin  # noqa: F401  (registers the models fairseq's checkpoint loader rebuilds)
+from d2v_plugin.core.finetune import dictionary_digest
 from tests.cli import hydra_train, json_logs, module
 
 PRETRAIN_UPDATES = 100
@@ -70,6 +71,8 @@ def test_checkpoint_loads_with_weights_only_and_restores_the_teacher(pretrained,
     fc1 = "layers.0.fc1.weight"
     assert not torch.equal(loaded[f"encoder.ema_teacher.model.{fc1}"], loaded[f"encoder.sentence_encoder.{fc1}"])
     assert int(saved["model"]["encoder.ema_teacher.num_updates"]) == saved["optimizer_history"][-1]["num_updates"] - 1
+    # the dictionary's symbols, in order, are remembered for fine-tuning to check against
+    assert saved["cfg"]["model"]["dictionary_digest"] == dictionary_digest(model.encoder.dictionary)
 
 
 def test_resumed_run_equals_uninterrupted_run_bitwise(text_data, tmp_path):

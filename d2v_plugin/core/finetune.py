@@ -1,0 +1,125 @@
+"""Fine-tuning from a pre-training checkpoint: find it, check it, and remember its config.
+
+Every fine-tuning model here (``data2vec_text_classification``, ``data2vec_image_classification``) has
+three options: ``model_path`` (the pre-training checkpoint), ``no_pretrained_weights`` (its architecture,
+random weights) and ``pretrained_model_cfg`` (that checkpoint's ``cfg.model``). :func:`pretrained_config`
+is the one way they resolve them:
+
+* first build (``pretrained_model_cfg`` is None): load ``model_path`` with :func:`load_checkpoint`, check
+  the model name, and write the checkpoint's model config into ``pretrained_model_cfg`` where fairseq's
+  saved checkpoint config sees it (:func:`remember_in_run_config`);
+* rebuilding a fine-tuned checkpoint (``pretrained_model_cfg`` set): use it, never read ``model_path``,
+  so a fine-tuned checkpoint loads anywhere, without the pre-training checkpoint.
+
+The CTC model (``d2v_plugin/audio/ctc_model.py``) is left on fairseq's own mechanism: it *is* fairseq's
+``Wav2VecEncoder``, which loads ``w2v_path`` itself and keeps the pre-training config in ``w2v_args``.
+That is the layout of fairseq's wav2vec 2.0 / data2vec fine-tuned checkpoints and of every tool that
+reads them; routing it through here would mean forking fairseq's encoder and breaking that compatibility.
+"""
+
+import hashlib
+import logging
+import os
+import pickle
+from typing import Any, Optional, Sequence, Tuple, Union
+from zipfile import BadZipFile
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fairseq.checkpoint_utils import _upgrade_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str, option: str = "model.model_path") -> dict:
+    """A fairseq checkpoint as ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` returns it, loaded safely.
+
+    ``torch.load(weights_only=True)`` is passed explicitly: only tensors and plain containers are
+    unpickled, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which overrides torch's *default* only) cannot
+    turn code execution back on. Then fairseq's upgrade: ``cfg`` becomes an OmegaConf object and old
+    layouts are upgraded (``_upgrade_state_dict``). ``option`` names the setting in errors.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{option}={path}: no such checkpoint")
+    try:
+        with open(path, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, BadZipFile, ValueError) as e:
+        raise ValueError(f"{option}={path}: torch refuses to load it as a checkpoint of weights only "
+                         f"(a truncated or corrupt file, or one holding arbitrary Python objects): "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{option}={path}: not a fairseq checkpoint (no 'model' entry)")
+    if state.get("cfg") is not None:
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})  # as fairseq does
+    try:
+        return _upgrade_state_dict(state)
+    except KeyError as e:  # what fairseq's upgrade needs of a checkpoint's layout is missing
+        raise ValueError(f"{option}={path}: not a fairseq checkpoint (missing {e})") from e
+
+
+def remember_in_run_config(cfg, key: str, value) -> None:
+    """Set ``cfg.<key>`` where fairseq's checkpoints will see it.
+
+    fairseq builds a model from a merged *copy* of the run's ``cfg.model`` (``merge_with_parent``)
+    but saves the run's config in checkpoints, so a value set only on ``cfg`` is lost. The copy's
+    parent is the run's config; set the value on its ``model`` node too.
+    """
+    if OmegaConf.is_config(cfg):
+        with open_dict(cfg):
+            cfg[key] = value
+    else:
+        setattr(cfg, key, value)
+    parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
+    run_cfg = parent.get("model") if parent is not None else None
+    if run_cfg is not None and run_cfg is not cfg and run_cfg.get("_name") == cfg.get("_name"):
+        with open_dict(run_cfg):
+            run_cfg[key] = value
+
+
+def pretrained_config(cfg, expected: Union[str, Sequence[str]],
+                      option: str = "model.model_path") -> Tuple[Optional[dict], dict]:
+    """``(checkpoint or None, pre-training model config)`` for a fine-tuning model's ``cfg``.
+
+    ``cfg`` has ``model_path``, ``no_pretrained_weights`` and ``pretrained_model_cfg``; ``expected`` is
+    the pre-training model name(s) accepted (``"data2vec_text"``). The checkpoint (:func:`load_checkpoint`'s
+    dict) is returned when its weights are to be loaded: on the first build, unless
+    ``no_pretrained_weights``. The config is a plain dict with ``_name``.
+    """
+    if cfg.pretrained_model_cfg is not None:  # a fine-tuned checkpoint: model_path may be long gone
+        saved = cfg.pretrained_model_cfg
+        return None, OmegaConf.to_container(saved, resolve=True) if OmegaConf.is_config(saved) else dict(saved)
+    expected = [expected] if isinstance(expected, str) else list(expected)
+    path = cfg.model_path
+    state = load_checkpoint(path, option)
+    model_cfg = state["cfg"].get("model") if state.get("cfg") is not None else None
+    if model_cfg is None:
+        raise ValueError(f"{option}={path}: the checkpoint has no model config (cfg.model)")
+    name = model_cfg.get("_name")
+    if name not in expected:
+        raise ValueError(f"{option}={path}: expected a {' or '.join(expected)} pre-training checkpoint, "
+                         f"found model {name!r}")
+    pretrained = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+    remember_in_run_config(cfg, "pretrained_model_cfg", pretrained)
+    return (None if cfg.no_pretrained_weights else state), pretrained
+
+
+def config_from_pretrained(dataclass_type: type, pretrained: dict, ignore: Sequence[str] = ()) -> DictConfig:
+    """``dataclass_type``'s structured config with the pre-training values (``_name`` and ``ignore`` left out).
+
+    Unknown keys fail (OmegaConf's struct mode): an option this code lacks may change the architecture.
+    """
+    values = {k: v for k, v in pretrained.items() if k != "_name" and k not in ignore}
+    return OmegaConf.merge(OmegaConf.structured(dataclass_type), values)
+
+
+def dictionary_digest(dictionary: Any) -> str:
+    """sha256 (hex) of a fairseq ``Dictionary``'s symbols (or a list of symbols) in index order, joined by
+    newlines.
+
+    Two dictionaries give the same digest iff they map every token id to the same symbol (counts are
+    ignored), so token ids binarized with one mean the same with the other.
+    """
+    symbols = getattr(dictionary, "symbols", dictionary)
+    return hashlib.sha256("\n".join(symbols).encode("utf-8")).hexdigest()

@@ -1,15 +1,25 @@
-"""Does data2vec pre-training help? CTC fine-tuning from the pre-trained checkpoint vs from random init.
+"""Does data2vec pre-training help speech recognition when labels are few? CTC fine-tuning from the
+pre-trained checkpoint vs from random init, same budget, several seeds and label budgets.
 
-Both use examples/audio/finetuning/tiny_cpu.yaml with the same budget on the generated toy speech corpus;
-"random init" is the same architecture with ``model.no_pretrained_weights=true``. The pre-training runs
-once per pre-training seed, and every init is fine-tuned with several fine-tuning seeds (``common.seed``),
-because at this scale whether CTC leaves its plateau within the budget depends on both. Prints greedy
-WER/LER on the held-out split per run. Not a test: on one core each fine-tuning run takes about 75 s with
-``--finetune-updates 600``, so the README's figures (3 pre-training x 3 fine-tuning seeds, plus 3 from
-random init) take about 17 minutes:
+Corpora (``--corpus``): ``digits`` / ``sentences`` are spoken by eSpeak NG voices
+(``manifests.spoken_corpus``): pre-training reads ``--unlabelled-utts`` utterances of the training speakers,
+CTC fine-tuning the first N of a separate labelled set for each N in ``--labelled-utts``, validation 50
+labelled utterances of the training speakers, and the test split is 200 utterances of *held-out* speakers.
+``whistles`` is the fast toy corpus of the tests (``manifests.toy_speech``; its test split is 60 utterances).
+"random init" is the same architecture with ``model.no_pretrained_weights=true``. The pre-training runs once
+per pre-training seed; every (init, label budget) is fine-tuned with every fine-tuning seed (``common.seed``).
+Prints greedy WER / LER of ``fairseq-generate`` on the test split per run, then a summary per label budget.
+Not a test: it takes minutes to hours on the CPU. Examples:
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/asr_pretraining_benefit.py --finetune-updates 600 \
-        --pretrain-seeds 1 2 3 --seeds 1 2 3
+    # the README's toy-corpus figures (whistles, 400 labelled, 3 x 3 seeds + 3 random init; ~17 min, one core)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/asr_pretraining_benefit.py --corpus whistles \
+        --labelled-utts 400 --finetune-updates 600 --pretrain-seeds 1 2 3 --seeds 1 2 3
+    # low-label spoken digits: 1 pre-training, 100 and 1000 labelled utterances, 3 seeds each
+    .venv/bin/python benchmarks/asr_pretraining_benefit.py --corpus digits --unlabelled-utts 2000 \
+        --labelled-utts 100 1000 --pretrain-updates 3000 --seeds 1 2 3
+
+``--pretrain-override`` / ``--finetune-override KEY=VALUE`` pass hydra overrides to the recipes
+(``examples/audio/{pretraining,finetuning}/tiny_cpu.yaml``), e.g. a larger model for the benchmark.
 """
 
 import argparse
@@ -24,10 +34,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 USER_DIR = str(REPO / "d2v_plugin")
+PY = sys.executable
 
 
 def sh(*args):
-    subprocess.run([str(a) for a in args], cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run([str(a) for a in args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, args[:4]))} ... failed:\n{proc.stderr[-3000:]}")
 
 
 def train(config_dir, run, overrides):
@@ -44,65 +58,115 @@ def decode(data, ckpt, out):
     return float(m.group(1)), float(m.group(2))
 
 
+def manifest(audio, dest, name, valid_percent=0.0):
+    sh(PY, "-m", "manifests.audio_manifest", audio, "--dest", dest, "--ext", "wav", "--valid-percent", valid_percent,
+       "--seed", 1, "--train-name", name)
+
+
+def keep_first(tsv: Path, n: int) -> None:
+    lines = tsv.read_text().splitlines()
+    if n > len(lines) - 1:
+        raise SystemExit(f"{tsv}: only {len(lines) - 1} rows, {n} requested")
+    tsv.write_text("\n".join(lines[: n + 1]) + "\n")
+
+
+def spoken_data(work: Path, args) -> tuple:
+    """``(pre-training data dir, {N: fine-tuning data dir})`` for the eSpeak corpora."""
+    corpus = lambda out, n, seed, speakers: sh(PY, "-m", "manifests.spoken_corpus", out, "--num-utts", n, "--seed",
+                                              seed, "--speakers", speakers, "--text", args.corpus)
+    corpus(work / "unlabelled", args.unlabelled_utts, 10, "train")
+    corpus(work / "labelled", max(args.labelled_utts), 11, "train")
+    corpus(work / "valid", 50, 12, "train")
+    corpus(work / "test", 200, 13, "heldout")
+    pre = work / "pre_data"
+    manifest(work / "unlabelled", pre, "train")
+    manifest(work / "valid", pre, "valid")
+    transcripts = [work / s / "transcripts.tsv" for s in ("labelled", "valid", "test")]
+    budgets = {}
+    for n in args.labelled_utts:
+        data = work / f"ft_data_{n}"
+        manifest(work / "labelled", data, "train")
+        # the first n rows of a shuffled-voice corpus (files are named in generation order; the manifest sorts)
+        keep_first(data / "train.tsv", n)
+        manifest(work / "valid", data, "valid")
+        manifest(work / "test", data, "test")
+        sh(PY, "-m", "manifests.labels", data, "--transcripts", *transcripts)
+        budgets[n] = data
+    return pre, budgets
+
+
+def whistle_data(work: Path, args) -> tuple:
+    data = work / "data"
+    sh(PY, "-m", "manifests.toy_speech", work / "audio_train", "--num-utts", max(args.labelled_utts), "--seed", 1)
+    sh(PY, "-m", "manifests.toy_speech", work / "audio_test", "--num-utts", 60, "--seed", 2, "--prefix", "test")
+    manifest(work / "audio_train", data, "train", 0.1)
+    manifest(work / "audio_test", work / "test_manifest", "train")
+    shutil.copy(work / "test_manifest" / "train.tsv", data / "test.tsv")
+    sh(PY, "-m", "manifests.labels", data, "--transcripts", work / "audio_train" / "transcripts.tsv",
+       work / "audio_test" / "transcripts.tsv")
+    return data, {max(args.labelled_utts): data}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", choices=["whistles", "digits", "sentences"], default="digits")
+    p.add_argument("--unlabelled-utts", type=int, default=2000, help="pre-training utterances (spoken corpora)")
+    p.add_argument("--labelled-utts", type=int, nargs="+", default=[100, 1000],
+                   help="label budgets: fine-tuning utterances (whistles: the one corpus size)")
     p.add_argument("--pretrain-updates", type=int, default=300, help="pre-training updates")
     p.add_argument("--finetune-updates", type=int, default=None,
                    help="fine-tuning updates (both inits; default: the recipe's max_update)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="fine-tuning seeds (common.seed)")
     p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[1], help="pre-training seeds (common.seed)")
-    p.add_argument("--train-utts", type=int, default=400, help="utterances in the generated training corpus")
+    p.add_argument("--pretrain-override", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--finetune-override", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     args = p.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="d2v_asr_bench_"))
-    data = work / "data"
-    py = sys.executable
-    sh(py, "-m", "manifests.toy_speech", work / "audio_train", "--num-utts", args.train_utts, "--seed", 1)
-    sh(py, "-m", "manifests.toy_speech", work / "audio_test", "--num-utts", 60, "--seed", 2, "--prefix", "test")
-    sh(py, "-m", "manifests.audio_manifest", work / "audio_train", "--dest", data, "--ext", "wav",
-       "--valid-percent", 0.1, "--seed", 1)
-    sh(py, "-m", "manifests.audio_manifest", work / "audio_test", "--dest", work / "test_manifest", "--ext", "wav",
-       "--valid-percent", 0)
-    shutil.copy(work / "test_manifest" / "train.tsv", data / "test.tsv")
-    sh(py, "-m", "manifests.labels", data, "--transcripts", work / "audio_train" / "transcripts.tsv",
-       work / "audio_test" / "transcripts.tsv")
+    work.mkdir(parents=True, exist_ok=True)
+    pre_data, budgets = (whistle_data if args.corpus == "whistles" else spoken_data)(work, args)
 
     pretrain_s = []
     for pseed in args.pretrain_seeds:
         t0 = time.time()
         train("examples/audio/pretraining", work / f"pre_run_{pseed}",
-              [f"task.data={data}", f"checkpoint.save_dir={work / f'pre_{pseed}'}", f"common.seed={pseed}",
-               f"optimization.max_update={args.pretrain_updates}"])
+              [f"task.data={pre_data}", f"checkpoint.save_dir={work / f'pre_{pseed}'}", f"common.seed={pseed}",
+               f"optimization.max_update={args.pretrain_updates}", *args.pretrain_override])
         pretrain_s.append(time.time() - t0)
+        print(f"pre-training seed {pseed}: {pretrain_s[-1]:.0f} s", flush=True)
     rows = []
     budget = [] if args.finetune_updates is None else [f"optimization.max_update={args.finetune_updates}"]
     # (name, pre-training seed shown, checkpoint given as w2v_path, extra overrides)
     inits = [("data2vec pre-trained", pseed, work / f"pre_{pseed}", []) for pseed in args.pretrain_seeds]
     # random init: the w2v_path only gives the architecture
     inits.append(("random init", "-", work / f"pre_{args.pretrain_seeds[0]}", ["+model.no_pretrained_weights=true"]))
-    for name, pseed, pre, extra in inits:
-        for seed in args.seeds:
-            t0 = time.time()
-            run = len(rows)
-            train("examples/audio/finetuning", work / f"ft_run_{run}",
-                  [f"task.data={data}", f"model.w2v_path={pre / 'checkpoint_last.pt'}",
-                   f"checkpoint.save_dir={work / f'ft_{run}'}", f"common.seed={seed}", *budget, *extra])
-            wer, ler = decode(data, work / f"ft_{run}" / "checkpoint_best.pt", work / f"decode_{run}")
-            rows.append((name, pseed, seed, wer, ler, time.time() - t0))
-            print(f"{name}, pre-training seed {pseed}, fine-tuning seed {seed}: WER {wer:.2f} LER {ler:.2f}",
-                  flush=True)
+    for n, data in budgets.items():
+        for name, pseed, pre, extra in inits:
+            for seed in args.seeds:
+                t0 = time.time()
+                run = len(rows)
+                train("examples/audio/finetuning", work / f"ft_run_{run}",
+                      [f"task.data={data}", f"model.w2v_path={pre / 'checkpoint_last.pt'}",
+                       f"checkpoint.save_dir={work / f'ft_{run}'}", f"common.seed={seed}", *budget, *extra,
+                       *args.finetune_override])
+                wer, ler = decode(data, work / f"ft_{run}" / "checkpoint_best.pt", work / f"decode_{run}")
+                rows.append((n, name, pseed, seed, wer, ler, time.time() - t0))
+                print(f"{n} labelled, {name}, pre-training seed {pseed}, fine-tuning seed {seed}: "
+                      f"WER {wer:.2f} LER {ler:.2f}", flush=True)
 
     updates = args.finetune_updates or "the recipe's"
-    print(f"\nCTC fine-tuning ({updates} updates), toy corpus ({args.train_utts} utts), test split of 60 utts; "
-          f"pre-training: {args.pretrain_updates} updates ({sum(pretrain_s) / len(pretrain_s):.0f} s each)")
-    print("| encoder init | pre-training seed | fine-tuning seed | test WER % | test LER % | fine-tune+decode s |\n"
-          "|---|---|---|---|---|---|")
-    for name, pseed, seed, wer, ler, secs in rows:
-        print(f"| {name} | {pseed} | {seed} | {wer:.2f} | {ler:.2f} | {secs:.0f} |")
-    for name in dict.fromkeys(r[0] for r in rows):
-        wers = [r[3] for r in rows if r[0] == name]
-        print(f"{name}: {sum(w < 30 for w in wers)}/{len(wers)} runs under 30% WER, "
-              f"mean WER {sum(wers) / len(wers):.1f}%")
+    print(f"\n{args.corpus}: CTC fine-tuning ({updates} updates), test split of held-out speakers; pre-training: "
+          f"{args.pretrain_updates} updates on {args.unlabelled_utts if args.corpus != 'whistles' else max(args.labelled_utts)} "
+          f"utterances ({sum(pretrain_s) / len(pretrain_s):.0f} s each)")
+    print("| labelled utts | encoder init | pre-training seed | fine-tuning seed | test WER % | test LER % | "
+          "fine-tune+decode s |\n|---|---|---|---|---|---|---|")
+    for n, name, pseed, seed, wer, ler, secs in rows:
+        print(f"| {n} | {name} | {pseed} | {seed} | {wer:.2f} | {ler:.2f} | {secs:.0f} |")
+    for n in budgets:
+        for name in dict.fromkeys(r[1] for r in rows):
+            mine = [r for r in rows if r[0] == n and r[1] == name]
+            print(f"{n} labelled, {name}: mean WER {sum(r[4] for r in mine) / len(mine):.1f}%, "
+                  f"mean LER {sum(r[5] for r in mine) / len(mine):.1f}%")
 
 
 if __name__ == "__main__":

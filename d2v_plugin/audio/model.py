@@ -16,17 +16,21 @@ from torch import Tensor, nn
 
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
-from fairseq.modules import GradMultiply, LayerNorm
 
-from d2v_plugin.core.config import Data2VecConfig, ModelMaskedConfig
-from d2v_plugin.audio.conv_features import ConvFeatureExtractor, parse_conv_layers
+from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig, ModelMaskedConfig
+from d2v_plugin.audio.front_end import ConvFrontEnd
 from d2v_plugin.core.masking import channel_mask, span_mask
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 
 
 @dataclass
-class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig, ModelMaskedConfig):
-    """wav2vec 2.0's options plus the shared data2vec ones (fairseq's official names)."""
+class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig, Data2Vec2Config, ModelMaskedConfig):
+    """wav2vec 2.0's options plus the shared data2vec ones (fairseq's official names).
+
+    data2vec 2.0 (``data2vec_version: 2``) reads wav2vec 2.0's names for what both have: its positional
+    convolutions are ``conv_pos`` wide (data2vec_multi: ``conv_pos_width``) in ``pos_conv_depth`` layers
+    (``conv_pos_depth``) of ``conv_pos_groups`` groups, and its blocks are ``encoder_layers`` deep (``depth``).
+    """
 
     ema_transformer_only: bool = field(
         default=True,
@@ -40,35 +44,24 @@ class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig, ModelMaskedConfig):
         metadata={"help": "average only the transformer blocks; the positional conv is copied "
                           "from the student at every step"},
     )
-
-
-def conv_output_lengths(lengths: Tensor, conv_layers: List[Tuple[int, int, int]]) -> Tensor:
-    """Frames produced by the conv feature encoder for ``lengths`` input samples."""
-    for _, kernel, stride in conv_layers:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths.long()
+    # -- data2vec 2.0 only ------------------------------------------------------------------------
+    use_alibi_encoder: bool = field(
+        default=True, metadata={"help": "data2vec 2.0: ALiBi attention biases (-slope * frame distance)"})
+    alibi_scale: float = field(default=1.0, metadata={"help": "data2vec 2.0: initial scale of the ALiBi slopes"})
+    learned_alibi_scale: bool = field(default=True, metadata={"help": "data2vec 2.0: learn the ALiBi scale"})
+    learned_alibi_scale_per_head: bool = field(
+        default=True, metadata={"help": "data2vec 2.0: one learned ALiBi scale per attention head"})
 
 
 @register_model("data2vec_audio", dataclass=Data2VecAudioConfig)
-class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
+class Data2VecAudioModel(ConvFrontEnd, TeacherStudentMixin, BaseFairseqModel):
     def __init__(self, cfg: Data2VecAudioConfig):
         super().__init__()
         if not 0 < cfg.average_top_k_layers <= cfg.encoder_layers:
             raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in "
                              f"1..encoder_layers ({cfg.encoder_layers})")
         self.cfg = cfg
-        self.conv_layers = parse_conv_layers(cfg.conv_feature_layers)  # never eval: it comes from checkpoints too
-        extractor_dim = self.conv_layers[-1][0]
-
-        # fairseq's conv feature encoder (same modules and weights) with a faster forward on CPU
-        self.feature_extractor = ConvFeatureExtractor(
-            conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
-        )
-        if cfg.feature_grad_mult == 0:
-            # A frozen feature encoder: no gradients, no optimizer state, nothing for DDP to wait for.
-            self.feature_extractor.requires_grad_(False)
-        self.layer_norm = LayerNorm(extractor_dim)
-        self.post_extract_proj = nn.Linear(extractor_dim, cfg.encoder_embed_dim)
+        self.build_front_end(cfg)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         self.encoder = TransformerEncoder(cfg)
@@ -85,47 +78,15 @@ class Data2VecAudioModel(TeacherStudentMixin, BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecAudioConfig, task=None):
+        if cfg.data2vec_version == 2:
+            from d2v_plugin.audio.model_v2 import Data2Vec2AudioModel
+
+            return Data2Vec2AudioModel(cfg)
+        if cfg.data2vec_version != 1:
+            raise ValueError(f"model.data2vec_version={cfg.data2vec_version} must be 1 or 2")
         return cls(cfg)
 
     # -- student pieces ------------------------------------------------------------------------
-    def encode_features(self, source: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Waveform ``(B, S)`` -> projected conv features ``(B, T, D)`` and frame padding ``(B, T)``."""
-        if self.cfg.feature_grad_mult > 0:
-            features = self.feature_extractor(source)
-            if self.cfg.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = self.feature_extractor(source)
-        features = self.layer_norm(features.transpose(1, 2))
-        frame_padding = self.frame_padding(features, padding_mask)
-        if self.training:
-            self._feature_var = self.feature_variation(features.detach(), frame_padding)
-        return self.post_extract_proj(features), frame_padding
-
-    def frame_padding(self, features: Tensor, padding_mask: Optional[Tensor]) -> Optional[Tensor]:
-        """``(B, T)`` bool padding of the conv frames from the ``(B, S)`` sample padding (None: none)."""
-        if padding_mask is None or not padding_mask.any():
-            return None
-        frames = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
-        positions = torch.arange(features.size(1), device=features.device)
-        return positions.unsqueeze(0) >= frames.unsqueeze(1)
-
-    @staticmethod
-    def feature_variation(features: Tensor, frame_padding: Optional[Tensor]) -> float:
-        """How much the (layer-normed) conv features change over time: per-channel std over the frames
-        of each utterance, averaged. Near 0 means the feature encoder collapsed to a constant, which the
-        target_var/pred_var checks cannot see because the targets are instance-normalised (fairseq#5239).
-        """
-        if frame_padding is not None:
-            keep = (~frame_padding).unsqueeze(-1).float()
-            n = keep.sum(1).clamp(min=2)
-            mean = (features * keep).sum(1) / n
-            var = (((features - mean.unsqueeze(1)) ** 2) * keep).sum(1) / (n - 1)
-        else:
-            var = features.var(dim=1)
-        return var.clamp(min=0).sqrt().mean().item()
-
     def apply_mask(self, x: Tensor, padding_mask: Optional[Tensor], mask_indices: Optional[Tensor] = None,
                    mask_channel_indices: Optional[Tensor] = None,
                    sample_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:

@@ -12,6 +12,7 @@ from omegaconf import II
 
 from fairseq.dataclass import FairseqDataclass
 
+from d2v_plugin.core.decoder import DecoderConfig
 from d2v_plugin.core.targets import TargetConfig
 
 
@@ -59,3 +60,30 @@ class ModelMaskedConfig(FairseqDataclass):
         default=II("common.seed"),
         metadata={"help": "seeds the masks, together with the update number and each sample's id"},
     )
+
+
+@dataclass
+class Data2Vec2Config(DecoderConfig):
+    """data2vec 2.0 (Baevski et al. 2023), a mode of every data2vec model (``data2vec_version: 2``).
+
+    Names follow fairseq's ``data2vec_multi`` where it has the option (its nested
+    ``modalities.<m>.decoder.*`` flattened to ``decoder_*``). Ignored when ``data2vec_version`` is 1.
+    """
+
+    data2vec_version: int = field(
+        default=1,
+        metadata={"help": "1: data2vec (2022): the student encodes the whole masked input; 2: data2vec 2.0 "
+                          "(2023): the student encodes only the unmasked tokens, a conv decoder predicts the "
+                          "masked ones, and clone_batch masks per sample share one teacher pass"},
+    )
+    clone_batch: int = field(
+        default=1, metadata={"help": "data2vec 2.0: masked copies of each sample sharing one teacher pass"})
+    mask_noise_std: float = field(
+        default=0.01, metadata={"help": "data2vec 2.0: std of the noise tokens the decoder sees at masked positions"})
+    prenet_depth: int = field(
+        default=0, metadata={"help": "data2vec 2.0: modality-specific blocks before the shared ones (no targets)"})
+    prenet_dropout: float = field(
+        default=0.0, metadata={"help": "data2vec 2.0: dropout after the embedding layer norm, before the prenet"})
+    post_mlp_drop: float = field(
+        default=0.1, metadata={"help": "data2vec 2.0: dropout on each block's MLP output before its residual"})
+    norm_eps: float = field(default=1e-5, metadata={"help": "data2vec 2.0: epsilon of the blocks' layer norms"})

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from d2v_plugin.core.ema_teacher import EmaTeacher
 from d2v_plugin.core.targets import make_targets
+from d2v_plugin.core.unmasked import clone_rows
 
 TEACHER = "ema_teacher"
 REFERENCE_TEACHER_KEY = "_ema"  # fairseq examples/data2vec: state["_ema"] = {student param name: tensor}
@@ -28,6 +29,9 @@ REFERENCE_TEACHER_KEY = "_ema"  # fairseq examples/data2vec: state["_ema"] = {st
 @dataclass
 class Views:
     """One batch as the data2vec step sees it; T is the time/token/patch axis the loss is taken over.
+
+    data2vec 2.0 encodes M = ``clone_batch`` masked copies of each sample: ``student`` and ``loss_mask``
+    then have B*M rows (copies of a sample next to each other), ``teacher`` and ``padding_mask`` B.
 
     Attributes:
         student: the student encoder's input, already masked (audio, images: ``(B, T, D)`` embeddings;
@@ -117,7 +121,10 @@ class TeacherStudentMixin:
         ``views.loss_mask``: what the ``data2vec`` criterion regresses.
         """
         x = self.encode_student(views)
-        target = self.teacher_targets(views, dtype=x.dtype)[views.loss_mask]
+        target = self.teacher_targets(views, dtype=x.dtype)
+        # data2vec 2.0 encodes clone_batch masked copies of each sample: rows b*M .. b*M+M-1 of the student
+        # are copies of sample b, and share its targets
+        target = clone_rows(target, x.size(0) // target.size(0))[views.loss_mask]
         pred = getattr(self, self.regression_head_name)(x[views.loss_mask])
         return {"pred": pred, "target": target, "ema_decay": self.ema_teacher.decay}
 

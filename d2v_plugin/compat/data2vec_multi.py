@@ -1,0 +1,66 @@
+"""fairseq's data2vec 2.0 (``data2vec_multi``) checkpoints -> our ``data2vec_version: 2`` models.
+
+Plain key maps, one per modality: a regular expression on the reference's parameter name and the name it
+has here. The reference keeps its EMA teacher as a flat ``_ema`` dict named like its own parameters (or,
+with ``ema_encoder_only``, like the entries of its block list); both are renamed with the same table, and
+:class:`~d2v_plugin.core.teacher_student.TeacherStudentMixin` then places the teacher's share of ``_ema``.
+"""
+
+import re
+from typing import Dict, List, Tuple
+
+from torch import Tensor
+
+# (reference name pattern, our name); the first pattern that matches wins. {m}: the modality's key.
+_SHARED: List[Tuple[str, str]] = [
+    (r"blocks\.(\d+)\.(.*)", r"encoder.blocks.\1.\2"),
+    (r"norm\.(weight|bias)", r"encoder.norm.\1"),
+    (r"modality_encoders\.{m}\.context_encoder\.norm\.(.*)", r"encoder.context_norm.\1"),
+    (r"modality_encoders\.{m}\.context_encoder\.blocks\.(\d+)\.(.*)", r"encoder.prenet.\1.\2"),
+    (r"modality_encoders\.{m}\.alibi_scale", r"encoder.alibi.scale"),
+    (r"modality_encoders\.{m}\.decoder\.blocks\.(\d+)\.0\.(.*)", r"decoder.convs.\1.\2"),
+    (r"modality_encoders\.{m}\.decoder\.proj\.(.*)", r"final_proj.\1"),
+]
+
+KEY_MAPS: Dict[str, List[Tuple[str, str]]] = {
+    "AUDIO": _SHARED + [
+        (r"modality_encoders\.AUDIO\.local_encoder\.(.*)", r"feature_extractor.\1"),
+        (r"modality_encoders\.AUDIO\.project_features\.1\.(.*)", r"layer_norm.\1"),
+        (r"modality_encoders\.AUDIO\.project_features\.2\.(.*)", r"post_extract_proj.\1"),
+        # its positional stack is Sequential(TransposeLast, Sequential(conv, ...) x depth, TransposeLast)
+        (r"modality_encoders\.AUDIO\.relative_positional_encoder\.(\d+)\.0\.(.*)", "pos_conv"),
+    ],
+}
+
+
+def is_data2vec_multi(state_dict: Dict[str, Tensor], prefix: str = "") -> bool:
+    """Whether a model state dict was written by fairseq's data2vec_multi."""
+    return any(k.startswith(prefix + "modality_encoders.") for k in state_dict)
+
+
+def rename(name: str, modality: str) -> str:
+    """Our name for the reference's parameter ``name`` (a KeyError names any it does not know)."""
+    if re.fullmatch(r"\d+\..*", name):  # an ema_encoder_only teacher is the bare list of blocks
+        name = f"blocks.{name}"
+    for pattern, target in KEY_MAPS[modality]:
+        m = re.fullmatch(pattern.format(m=modality), name)
+        if m is None:
+            continue
+        if target == "pos_conv":  # Sequential index i+1 (after a TransposeLast) -> our conv i
+            return f"pos_conv.convs.{int(m.group(1)) - 1}.{m.group(2)}"
+        return m.expand(target)
+    raise KeyError(f"data2vec_multi parameter {name!r} has no counterpart in our {modality.lower()} model")
+
+
+def convert_state_dict(state_dict: Dict[str, Tensor], modality: str, prefix: str = "") -> None:
+    """Rename a data2vec_multi state dict in place (its ``_ema`` entry too)."""
+    for k in [k for k in state_dict if k.startswith(prefix) and k != prefix + "_ema"]:
+        state_dict[prefix + rename(k[len(prefix):], modality)] = _reshape(k, state_dict.pop(k))
+    ema = state_dict.get(prefix + "_ema")
+    if isinstance(ema, dict):
+        state_dict[prefix + "_ema"] = {rename(k, modality): _reshape(k, v) for k, v in ema.items()}
+
+
+def _reshape(name: str, value: Tensor) -> Tensor:
+    # the reference's ALiBi scale is (layers, 1, heads, 1, 1) for broadcasting; ours is (heads,)
+    return value.reshape(-1) if name.endswith("alibi_scale") else value

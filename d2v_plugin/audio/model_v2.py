@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from fairseq.models import BaseFairseqModel
 
 from d2v_plugin.audio.front_end import ConvFrontEnd
+from d2v_plugin.compat.data2vec_multi import shared_options
 from d2v_plugin.core.alibi import AlibiBias
 from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
 from d2v_plugin.core.masking import span_mask
@@ -130,3 +131,37 @@ class Data2Vec2AudioModel(ConvFrontEnd, Data2Vec2Mixin, BaseFairseqModel):
     def extract_features(self, source: Tensor, padding_mask: Optional[Tensor], mask: bool = False,
                          layer: Optional[int] = None):
         return self.forward(source, padding_mask, mask=False, features_only=True, layer=layer)
+
+
+def config_from_data2vec_multi(cfg: dict) -> dict:
+    """Our ``data2vec_audio`` options for a fairseq ``data2vec_multi`` audio model config (a plain dict).
+
+    Raises a ValueError naming any option we do not implement (see :mod:`d2v_plugin.compat.data2vec_multi`).
+    """
+    options, audio = shared_options(cfg, "AUDIO")
+    if cfg.get("ema_encoder_only", True):
+        raise ValueError("data2vec_multi option model.ema_encoder_only=true (a teacher of the blocks only, fed "
+                         "the student's positional convolutions) is not supported for audio")
+    for name, value in (("inverse_mask", audio.get("inverse_mask", False)),
+                        ("conv_pos_pre_ln", audio.get("conv_pos_pre_ln", False)),
+                        ("num_extra_tokens", audio.get("num_extra_tokens", 0)), ("cls_loss", cfg.get("cls_loss", 0)),
+                        ("mask_channel_prob", audio.get("mask_channel_prob", 0))):
+        if value:
+            raise ValueError(f"data2vec_multi audio option {name}={value!r} is not supported")
+    mlp_ratio = cfg.get("mlp_ratio", 4.0)
+    options.update(
+        encoder_layers=cfg["depth"], encoder_embed_dim=cfg["embed_dim"], encoder_attention_heads=cfg["num_heads"],
+        encoder_ffn_embed_dim=int(cfg["embed_dim"] * mlp_ratio), dropout=cfg.get("encoder_dropout", 0.1),
+        attention_dropout=cfg.get("attention_dropout", 0.1), activation_dropout=cfg.get("activation_dropout", 0.0),
+        dropout_input=cfg.get("dropout_input", 0.0), encoder_layerdrop=cfg.get("layerdrop", 0.0),
+        layer_norm_first=cfg.get("layer_norm_first", False),
+        conv_feature_layers=audio["feature_encoder_spec"], extractor_mode=audio.get("extractor_mode", "layer_norm"),
+        conv_bias=False, feature_grad_mult=audio.get("local_grad_mult", 1.0), conv_pos=audio.get("conv_pos_width", 95), pos_conv_depth=audio.get("conv_pos_depth", 5),
+        conv_pos_groups=audio.get("conv_pos_groups", 16), use_alibi_encoder=audio.get("use_alibi_encoder", False),
+        alibi_scale=audio.get("alibi_scale", 1.0), learned_alibi_scale=audio.get("learned_alibi_scale", False),
+        learned_alibi_scale_per_head=audio.get("learned_alibi_scale_per_head", False),
+        # the reference's teacher tracks its own positional convolutions; ema_local_encoder: the feature encoder too
+        ema_transformer_only=not audio.get("ema_local_encoder", False), ema_layers_only=False,
+        require_same_masks=True,
+    )
+    return options

@@ -64,3 +64,53 @@ def convert_state_dict(state_dict: Dict[str, Tensor], modality: str, prefix: str
 def _reshape(name: str, value: Tensor) -> Tensor:
     # the reference's ALiBi scale is (layers, 1, heads, 1, 1) for broadcasting; ours is (heads,)
     return value.reshape(-1) if name.endswith("alibi_scale") else value
+
+
+# -- configs -------------------------------------------------------------------------------------------------
+# Options with the same name and meaning in data2vec_multi's top level and in our configs.
+SAME_NAME = ("average_top_k_layers", "instance_norm_target_layer", "layer_norm_target_layer",
+             "batch_norm_target_layer", "instance_norm_targets", "layer_norm_targets", "ema_decay",
+             "ema_end_decay", "ema_anneal_end_step", "loss_beta", "loss_scale", "clone_batch", "min_target_var",
+             "min_pred_var", "post_mlp_drop", "norm_eps")
+DECODER = {"decoder_dim": "decoder_dim", "decoder_kernel": "decoder_kernel", "decoder_layers": "decoder_layers",
+           "decoder_groups": "decoder_groups", "decoder_residual": "decoder_residual",
+           "input_dropout": "decoder_input_dropout"}
+# What a data2vec_multi option must be (its default) for our models to compute the same thing.
+UNSUPPORTED_TOP = {"end_of_block_targets": False, "shared_decoder": None, "recon_loss": 0, "d2v_loss": 1,
+                   "start_drop_path_rate": 0, "end_drop_path_rate": 0, "mae_init": False, "norm_affine": True}
+UNSUPPORTED_MODALITY = {"learned_alibi": False, "learned_alibi_scale_per_layer": False, "add_masks": False,
+                        "keep_masked_pct": 0, "mask_prob_min": None, "remove_masks": False,
+                        "encoder_zero_mask": True, "start_drop_path_rate": 0, "end_drop_path_rate": 0,
+                        "prenet_layerdrop": 0}
+UNSUPPORTED_DECODER = {"add_positions_masked": False, "add_positions_all": False, "projection_layers": 1}
+
+
+def shared_options(cfg: dict, modality: str) -> Tuple[dict, dict]:
+    """The options every modality maps the same way, and the modality's own section of ``cfg``.
+
+    ``cfg`` is a data2vec_multi model config as a plain dict (a checkpoint's ``cfg["model"]``). Any option
+    set to something our models do not implement raises a ValueError naming it: nothing is half-converted.
+    """
+    section = cfg.get("modalities", {}).get(modality.lower())
+    if section is None:
+        raise ValueError(f"data2vec_multi config has no modalities.{modality.lower()} section")
+    checks = [(f"model.{k}", cfg.get(k, v), v) for k, v in UNSUPPORTED_TOP.items()]
+    checks += [(f"model.modalities.{modality.lower()}.{k}", section.get(k, v), v)
+               for k, v in UNSUPPORTED_MODALITY.items()]
+    decoder = section.get("decoder") or {}
+    checks += [(f"model.modalities.{modality.lower()}.decoder.{k}", decoder.get(k, v), v)
+               for k, v in UNSUPPORTED_DECODER.items()]
+    for name, value, supported in checks:
+        if value != supported and not (supported == 0 and value in (0, 0.0, None)):
+            raise ValueError(f"data2vec_multi option {name}={value!r} is not supported by d2v_plugin's "
+                             f"data2vec 2.0 (only {supported!r})")
+    if section.get("decoder") is None:
+        raise ValueError(f"data2vec_multi option model.modalities.{modality.lower()}.decoder=null (no decoder) "
+                         f"is not supported")
+    options = {k: cfg[k] for k in SAME_NAME if k in cfg}
+    options.update({ours: decoder[k] for k, ours in DECODER.items() if k in decoder})
+    for k in ("mask_prob", "mask_length", "mask_noise_std", "mask_dropout", "prenet_depth", "prenet_dropout"):
+        if k in section:
+            options[k] = section[k]
+    options["data2vec_version"] = 2
+    return options, section

@@ -10,20 +10,23 @@ from d2v_plugin.core.decoder import ConvDecoder, DecoderConfig
 from d2v_plugin.core.unmasked import clone_rows, fill_masked, gather_kept, kept_tokens
 
 
-def test_kept_tokens_are_in_time_order_and_fill_puts_them_back():
+def test_kept_tokens_gather_and_fill_put_everything_back():
     mask = torch.tensor([[0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 1]], dtype=torch.bool)
     kept = kept_tokens(mask)
-    assert kept.keep.tolist() == [[0, 3, 4], [1, 2, 4]]
+    assert kept.num_kept == 3
+    assert [sorted(row) for row in kept.keep.tolist()] == [[0, 3, 4], [1, 2, 4]]
     x = torch.arange(2 * 6 * 2, dtype=torch.float).view(2, 6, 2)
     x_kept = gather_kept(x, kept)
-    assert torch.equal(x_kept, torch.stack([x[0, [0, 3, 4]], x[1, [1, 2, 4]]]))
+    assert torch.equal(x_kept, torch.stack([x[b, kept.keep[b]] for b in range(2)]))
     torch.manual_seed(0)
     full = fill_masked(x_kept, kept, noise_std=0.5)
     assert torch.equal(full[~mask], x[~mask])
-    # the noise is one (B, T - K, C) draw, laid out over the masked positions in time order
+    # the noise is one (B, T - K, C) draw; its row j lands on the masked position order[:, K + j]
     torch.manual_seed(0)
     noise = torch.empty(2, 3, 2).normal_(0, 0.5)
-    assert torch.equal(full[mask], noise.reshape(-1, 2))
+    for b in range(2):
+        assert torch.equal(full[b, kept.order[b, 3:]], noise[b])
+        assert mask[b, kept.order[b, 3:]].all()
     # padding masks gather the same way
     assert gather_kept(mask, kept).sum() == 0
 

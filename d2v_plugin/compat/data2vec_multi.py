@@ -19,7 +19,7 @@ _SHARED: List[Tuple[str, str]] = [
     (r"modality_encoders\.{m}\.context_encoder\.blocks\.(\d+)\.(.*)", r"encoder.prenet.\1.\2"),
     (r"modality_encoders\.{m}\.alibi_scale", r"encoder.alibi.scale"),
     (r"modality_encoders\.{m}\.decoder\.blocks\.(\d+)\.0\.(.*)", r"decoder.convs.\1.\2"),
-    (r"modality_encoders\.{m}\.decoder\.proj\.(.*)", r"final_proj.\1"),
+    (r"modality_encoders\.{m}\.decoder\.proj\.(.*)", r"final_proj.\1"),  # proj.weight or proj.N.weight
 ]
 
 KEY_MAPS: Dict[str, List[Tuple[str, str]]] = {
@@ -74,7 +74,8 @@ SAME_NAME = ("average_top_k_layers", "instance_norm_target_layer", "layer_norm_t
              "min_pred_var", "post_mlp_drop", "norm_eps")
 DECODER = {"decoder_dim": "decoder_dim", "decoder_kernel": "decoder_kernel", "decoder_layers": "decoder_layers",
            "decoder_groups": "decoder_groups", "decoder_residual": "decoder_residual",
-           "input_dropout": "decoder_input_dropout"}
+           "input_dropout": "decoder_input_dropout", "projection_layers": "projection_layers",
+           "projection_ratio": "projection_ratio"}
 # What a data2vec_multi option must be (its default) for our models to compute the same thing.
 UNSUPPORTED_TOP = {"end_of_block_targets": False, "shared_decoder": None, "recon_loss": 0, "d2v_loss": 1,
                    "start_drop_path_rate": 0, "end_drop_path_rate": 0, "mae_init": False, "norm_affine": True}
@@ -82,7 +83,7 @@ UNSUPPORTED_MODALITY = {"learned_alibi": False, "learned_alibi_scale_per_layer":
                         "keep_masked_pct": 0, "mask_prob_min": None, "remove_masks": False,
                         "encoder_zero_mask": True, "start_drop_path_rate": 0, "end_drop_path_rate": 0,
                         "prenet_layerdrop": 0}
-UNSUPPORTED_DECODER = {"add_positions_masked": False, "add_positions_all": False, "projection_layers": 1}
+UNSUPPORTED_DECODER = {"add_positions_masked": False, "add_positions_all": False}
 
 
 def shared_options(cfg: dict, modality: str) -> Tuple[dict, dict]:

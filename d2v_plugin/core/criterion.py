@@ -1,7 +1,8 @@
 """The one ``data2vec`` criterion: regress the teacher's targets at the masked positions.
 
 Every data2vec model's forward returns ``{"pred": (M, D), "target": (M, D), ...}`` for the M masked
-positions of the batch; this criterion turns that into fairseq's ``(loss, sample_size, logging)``.
+positions of the batch (and optionally ``"extra_losses": {name: summed loss}``, added to the regression
+loss); this criterion turns that into fairseq's ``(loss, sample_size, logging)``.
 The loss options live in the model config under fairseq's official names (``loss_beta``,
 ``loss_scale``, ``min_target_var``, ``min_pred_var``), so an official recipe keeps its meaning.
 """
@@ -130,6 +131,11 @@ class Data2VecCriterion(FairseqCriterion):
         pred, target = out["pred"], out["target"]
         loss = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale).sum()
         sample_size = pred.size(0)  # the number of masked positions
+        # further terms a model adds to the regression loss (data2vec 2.0 images: the [CLS] loss), already
+        # weighted and summed like it; each is logged as loss_<name>
+        extra = dict(out.get("extra_losses", {}))
+        for value in extra.values():
+            loss = loss + value
 
         # Both statistics in one collective and one device sync (see mean_channel_stds).
         target_var, pred_var = mean_channel_stds(target, pred).tolist()
@@ -159,6 +165,8 @@ class Data2VecCriterion(FairseqCriterion):
         for key in ("ema_decay", "feature_var"):  # optional, model-specific monitors
             if key in out:
                 logging_output[key] = out[key]
+        for name, value in extra.items():
+            logging_output[f"loss_{name}"] = value.item() if reduce else value.detach()
         return loss, sample_size, logging_output
 
     @staticmethod
@@ -167,6 +175,9 @@ class Data2VecCriterion(FairseqCriterion):
         loss = sum(log.get("loss", 0) for log in logging_outputs)
         metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=4)
         metrics.log_scalar("sample_size", sample_size, round=0)
+        for key in sorted({k for log in logging_outputs for k in log if k.startswith("loss_")}):
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=4)
         batches = sum(log.get("batches", 0) for log in logging_outputs)
         for key in ("target_var", "pred_var", "ema_decay", "feature_var"):
             if batches and any(key in log for log in logging_outputs):

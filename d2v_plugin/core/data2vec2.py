@@ -24,7 +24,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from d2v_plugin.compat.data2vec_multi import convert_state_dict, is_data2vec_multi
 from d2v_plugin.core.alibi import AlibiBias
 from d2v_plugin.core.config import Data2Vec2Config
-from d2v_plugin.core.decoder import ConvDecoder
+from d2v_plugin.core.decoder import ConvDecoder, build_projection
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 from d2v_plugin.core.transformer import Data2Vec2Transformer
 from d2v_plugin.core.unmasked import KeptTokens, clone_rows, gather_kept, kept_tokens
@@ -79,7 +79,7 @@ class Data2Vec2Mixin(TeacherStudentMixin):
             layerdrop=layerdrop, layer_norm_first=layer_norm_first, norm_eps=cfg.norm_eps, alibi=alibi)
         self.encoder.apply(init_bert_params)  # BERT's init, as fairseq's data2vec models
         self.decoder = ConvDecoder(cfg, dim, grid)
-        self.final_proj = nn.Linear(cfg.decoder_dim, dim)
+        self.final_proj = build_projection(cfg, dim)
         self.init_regression_head()
 
     def student_tokens(self, x: Tensor, padding_mask: Optional[Tensor], mask: Tensor) -> StudentTokens:

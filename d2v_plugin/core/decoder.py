@@ -31,6 +31,26 @@ class DecoderConfig(FairseqDataclass):
         default=True, metadata={"help": "data2vec 2.0: residual connection around each decoder block"})
     decoder_input_dropout: float = field(
         default=0.1, metadata={"help": "data2vec 2.0: dropout on the student's outputs entering the decoder"})
+    projection_layers: int = field(
+        default=1, metadata={"help": "data2vec 2.0: linear layers of the regression head after the decoder "
+                                     "(GELU between them; the text recipe uses 2)"})
+    projection_ratio: float = field(
+        default=2.0, metadata={"help": "data2vec 2.0: width of the head's hidden layers, x decoder_dim"})
+
+
+def build_projection(cfg: DecoderConfig, dim: int) -> nn.Module:
+    """The regression head after the decoder: ``decoder_dim -> dim`` in ``projection_layers`` linear layers
+    (the first hidden one ``projection_ratio`` times wider, GELU between them), as fairseq's data2vec_multi."""
+    if cfg.projection_layers < 1:
+        raise ValueError(f"model.projection_layers={cfg.projection_layers} must be >= 1")
+    if cfg.projection_layers == 1:
+        return nn.Linear(cfg.decoder_dim, dim)
+    layers, width = [], cfg.decoder_dim
+    for i in range(cfg.projection_layers - 1):
+        hidden = int(width * cfg.projection_ratio) if i == 0 else width
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, dim))
 
 
 class ConvDecoder(nn.Module):

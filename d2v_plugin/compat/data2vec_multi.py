@@ -23,12 +23,22 @@ _SHARED: List[Tuple[str, str]] = [
 ]
 
 KEY_MAPS: Dict[str, List[Tuple[str, str]]] = {
+    # data2vec_text v2 (d2v_plugin/text/model_v2.py): the encoder's names (the model adds "encoder.");
+    # local_encoder.{embed_tokens, embed_positions, layernorm_embedding} keep the reference's names
+    "TEXT": _SHARED + [
+        (r"modality_encoders\.TEXT\.local_encoder\.(.*)", r"local_encoder.\1"),
+    ],
     "AUDIO": _SHARED + [
         (r"modality_encoders\.AUDIO\.local_encoder\.(.*)", r"feature_extractor.\1"),
         (r"modality_encoders\.AUDIO\.project_features\.1\.(.*)", r"layer_norm.\1"),
         (r"modality_encoders\.AUDIO\.project_features\.2\.(.*)", r"post_extract_proj.\1"),
         # its positional stack is Sequential(TransposeLast, Sequential(conv, ...) x depth, TransposeLast)
         (r"modality_encoders\.AUDIO\.relative_positional_encoder\.(\d+)\.0\.(.*)", "pos_conv"),
+    ],
+    "IMAGE": _SHARED + [
+        (r"modality_encoders\.IMAGE\.local_encoder\.proj\.(.*)", r"patch_embed.\1"),  # its PatchEmbed's conv
+        (r"modality_encoders\.IMAGE\.extra_tokens", "extra_tokens"),  # [CLS]
+        (r"modality_encoders\.IMAGE\.fixed_positional_encoder\.positions", "positions"),  # fixed sin-cos
     ],
 }
 

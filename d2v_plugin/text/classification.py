@@ -5,7 +5,8 @@ encoder is rebuilt from the pre-training checkpoint's own config (``model.model_
 saved by fairseq's data2vec text), loses its teacher and regression head, and gets RoBERTa's
 classification head on the first token (``<s>``) for each head the task registers.
 
-Parameter names are RoBERTa's (``encoder.sentence_encoder.*``, ``classification_heads.*``). The
+Parameter names are RoBERTa's (``encoder.sentence_encoder.*``, ``classification_heads.*``; a data2vec 2.0
+encoder, ``data2vec_version: 2``, keeps its own: ``encoder.local_encoder.*``, ``encoder.encoder.*``). The
 pre-training config is copied into this model's config (``pretrained_model_cfg``, see
 :mod:`d2v_plugin.core.finetune`), so a fine-tuned checkpoint reloads without the pre-training checkpoint;
 ``no_pretrained_weights=true`` trains the same architecture from random weights (a baseline).
@@ -30,7 +31,7 @@ from fairseq.models import FairseqEncoderModel, register_model
 from fairseq.models.roberta.model import RobertaClassificationHead
 
 from d2v_plugin.core.finetune import config_from_pretrained, dictionary_digest, pretrained_config
-from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder
+from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, encoder_config
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ def check_dictionary(state: dict, path: str, dictionary: Dictionary) -> None:
     (``dictionary_digest``, :func:`d2v_plugin.core.finetune.dictionary_digest`); a checkpoint without
     one (older, or fairseq's data2vec) is compared by vocabulary size only, with a warning.
     """
-    saved = state["model"]["encoder.sentence_encoder.embed_tokens.weight"].size(0)
+    model = state["model"]
+    key = "encoder.sentence_encoder.embed_tokens.weight"  # data2vec 2.0: encoder.local_encoder.embed_tokens
+    saved = model[key if key in model else "encoder.local_encoder.embed_tokens.weight"].size(0)
     ours = len(dictionary)
     fix = ("binarize it with the pre-training dict.txt (manifests.text_manifest --spm-model .../spm.model "
            "--srcdict .../dict.txt)")
@@ -128,7 +131,12 @@ class Data2VecTextClassificationModel(FairseqEncoderModel):
         for key in ("dropout", "attention_dropout"):
             if getattr(cfg, key) is not None:
                 encoder_cfg.transformer[key] = getattr(cfg, key)
-        encoder = Data2VecTextEncoder(encoder_cfg, task.source_dictionary)
+        if encoder_cfg.data2vec_version == 2:
+            from d2v_plugin.text.model_v2 import Data2Vec2TextEncoder
+
+            encoder = Data2Vec2TextEncoder(encoder_cfg, task.source_dictionary)
+        else:
+            encoder = Data2VecTextEncoder(encoder_cfg, task.source_dictionary)
         encoder.remove_pretraining_modules()
         model = cls(cfg, encoder)
         if state is not None:
@@ -144,7 +152,7 @@ class Data2VecTextClassificationModel(FairseqEncoderModel):
 
     def register_classification_head(self, name: str, num_classes: int, inner_dim: Optional[int] = None, **kwargs):
         """Called by ``sentence_prediction``: add RoBERTa's head ``(B, T, C) -> (B, num_classes)``."""
-        dim = self.encoder.sentence_encoder.embed_tokens.embedding_dim
+        dim = self.embed_tokens().embedding_dim
         self.classification_heads[name] = RobertaClassificationHead(
             input_dim=dim, inner_dim=inner_dim or dim, num_classes=num_classes,
             activation_fn=self.cfg.pooler_activation_fn, pooler_dropout=self.cfg.pooler_dropout,
@@ -164,5 +172,13 @@ class Data2VecTextClassificationModel(FairseqEncoderModel):
             x = self.classification_heads[classification_head_name](x)
         return x, extra
 
+    def embed_tokens(self) -> nn.Embedding:
+        """The encoder's token embeddings (data2vec 2.0: ``encoder.local_encoder.embed_tokens``)."""
+        if hasattr(self.encoder, "sentence_encoder"):
+            return self.encoder.sentence_encoder.embed_tokens
+        return self.encoder.local_encoder.embed_tokens
+
     def max_positions(self) -> int:
-        return self.encoder.sentence_encoder.max_positions()
+        if hasattr(self.encoder, "sentence_encoder"):
+            return self.encoder.sentence_encoder.max_positions()
+        return encoder_config(self.encoder.cfg.transformer).max_source_positions

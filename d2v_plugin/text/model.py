@@ -12,6 +12,9 @@ the original token at every selected position and padding elsewhere. From it we 
 unmasked sentence for the teacher. (fairseq's own data2vec text model feeds ``target_tokens`` to its
 teacher as is, so its teacher sees little more than padding: fairseq issue #4881.)
 
+``model.data2vec_version=2`` builds data2vec 2.0 instead (:mod:`d2v_plugin.text.model_v2`: the model masks
+the tokens itself, with ``task.skip_masking=true``).
+
 Module and parameter names are fairseq's data2vec/RoBERTa ones (``encoder.sentence_encoder.*``,
 ``encoder.regression_head.*``), so fairseq's data2vec text checkpoints load here (their teacher,
 saved as ``encoder._ema``, becomes ``encoder.ema_teacher``), and unlike theirs ours resume.
@@ -30,7 +33,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoderBase
 from fairseq.models.transformer.transformer_config import DecoderConfig, EncDecBaseConfig, QuantNoiseConfig
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
-from d2v_plugin.core.config import Data2VecConfig
+from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig
 from d2v_plugin.core.finetune import dictionary_digest, remember_in_run_config
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
 
@@ -48,8 +51,14 @@ def default_transformer_config() -> TransformerConfig:
 
 
 @dataclass
-class Data2VecTextConfig(Data2VecConfig):
-    """fairseq's data2vec text options (same names) plus the shared data2vec ones."""
+class Data2VecTextConfig(Data2VecConfig, Data2Vec2Config):
+    """fairseq's data2vec text options (same names) plus the shared data2vec ones.
+
+    data2vec 2.0 (``data2vec_version: 2``, :mod:`d2v_plugin.text.model_v2`) reads the same ``transformer``
+    options for its blocks and embeddings (``transformer.dropout`` is also the embeddings' dropout, as in
+    fairseq's data2vec text), masks the tokens itself (``mask_prob``, seeded by ``seed``) and ignores
+    ``head_layers`` (its head is ``projection_layers``), ``ema_transformer_layers_only`` and ``loss_positions``.
+    """
 
     max_positions: int = field(
         default=II("task.tokens_per_sample"), metadata={"help": "longest input the model accepts, in tokens"}
@@ -85,6 +94,18 @@ class Data2VecTextConfig(Data2VecConfig):
         default=False,
         metadata={"help": "accepted so that fairseq's data2vec text configs load; this model has no "
                           "classification heads (fine-tune with data2vec_text_classification)"},
+    )
+    mask_prob: float = field(
+        default=0.48,
+        metadata={"help": "data2vec 2.0 only: fraction of each sentence's tokens the model masks at random (the "
+                          "task's masking is skipped: task.skip_masking=true); version 1 masks in masked_lm "
+                          "(task.mask_prob)"},
+    )
+    seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "data2vec 2.0 only: seeds the masks, with the update number and each sample's id; "
+                          "None: the task's seed (common.seed), filled in when the model is built. (Not "
+                          "${common.seed}: version 1 configs stay free of interpolations to other groups)"},
     )
 
 
@@ -205,6 +226,12 @@ class Data2VecTextModel(FairseqEncoderModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecTextConfig, task):
+        if cfg.data2vec_version == 2:
+            from d2v_plugin.text.model_v2 import Data2Vec2TextModel
+
+            return Data2Vec2TextModel.build_v2(cfg, task)
+        if cfg.data2vec_version != 1:
+            raise ValueError(f"model.data2vec_version={cfg.data2vec_version} must be 1 or 2")
         if hasattr(task.cfg, "include_target_tokens") and not task.cfg.include_target_tokens:
             raise ValueError("data2vec_text needs the unmasked tokens: set task.include_target_tokens=true")
         # Remembered in the checkpoint, so fine-tuning can tell a dictionary in another order from ours.

@@ -38,11 +38,15 @@ class StudentTokens:
         x: ``(B*M, K, C)`` embeddings of the kept tokens (positions already added), extra tokens excluded.
         kept: where they sit in the ``T`` positions, and the ``(B*M, T)`` mask.
         padding_mask: ``(B*M, K)`` bool, ``True`` = padding, or None.
+        extra_outputs: ``(B*M, num_extra_tokens, C)``, the encoder's final outputs at the extra tokens,
+            set by :meth:`Data2Vec2Mixin.encode_student` (None before, or without extra tokens): what a
+            loss on them reads (images: the [CLS] loss).
     """
 
     x: Tensor
     kept: KeptTokens
     padding_mask: Optional[Tensor] = None
+    extra_outputs: Optional[Tensor] = None
 
 
 def clone_sample_ids(sample_ids: Optional[Tensor], clones: int) -> Optional[Tensor]:
@@ -64,7 +68,7 @@ class Data2Vec2Mixin(TeacherStudentMixin):
     def build_data2vec2(self, dim: int, heads: int, depth: int, mlp_ratio: float, *, dropout: float,
                         attention_dropout: float, activation_dropout: float, dropout_input: float,
                         layerdrop: float, layer_norm_first: bool, alibi: Optional[AlibiBias] = None,
-                        grid: Tuple[int, ...] = ()) -> None:
+                        grid: Tuple[int, ...] = (), end_of_block_targets: bool = False) -> None:
         """Build ``encoder``, ``decoder`` and ``final_proj`` (called from the model's ``__init__``)."""
         cfg = self.cfg
         if cfg.clone_batch < 1:
@@ -76,7 +80,8 @@ class Data2Vec2Mixin(TeacherStudentMixin):
             dim, heads, depth, mlp_ratio, prenet_depth=cfg.prenet_depth, dropout=dropout,
             attention_dropout=attention_dropout, activation_dropout=activation_dropout,
             post_mlp_drop=cfg.post_mlp_drop, prenet_dropout=cfg.prenet_dropout, dropout_input=dropout_input,
-            layerdrop=layerdrop, layer_norm_first=layer_norm_first, norm_eps=cfg.norm_eps, alibi=alibi)
+            layerdrop=layerdrop, layer_norm_first=layer_norm_first, norm_eps=cfg.norm_eps,
+            end_of_block_targets=end_of_block_targets, alibi=alibi)
         self.encoder.apply(init_bert_params)  # BERT's init, as fairseq's data2vec models
         self.decoder = ConvDecoder(cfg, dim, grid)
         self.final_proj = build_projection(cfg, dim)
@@ -102,6 +107,8 @@ class Data2Vec2Mixin(TeacherStudentMixin):
             if padding_mask is not None:
                 padding_mask = nn.functional.pad(padding_mask, (n, 0), value=False)
         x, _ = self.encoder(x, padding_mask, positions=s.kept.keep, extra_tokens=n)
+        if n:
+            s.extra_outputs = x[:, :n]
         return self.decoder(x[:, n:], s.kept, self.cfg.mask_noise_std)
 
     def clones(self, x: Tensor, padding_mask: Optional[Tensor], sample_ids: Optional[Tensor]):

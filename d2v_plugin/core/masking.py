@@ -1,7 +1,8 @@
 """Masks for the student's view. ``True`` marks a masked position everywhere in this package.
 
-Speech and text use spans / tokens over a sequence; images use blocks of patches (added with the
-image model). The span sampler itself is fairseq's ``compute_mask_indices`` (what wav2vec 2.0 and
+Speech and text use spans / tokens over a sequence; images use blocks of patches: masked blocks
+(:func:`block_mask_2d`, data2vec) or kept blocks with everything else masked (:func:`inverse_block_mask_2d`,
+data2vec 2.0). The span sampler itself is fairseq's ``compute_mask_indices`` (what wav2vec 2.0 and
 the paper use); this module gives it a tensor-in, tensor-out face and the options' meaning.
 """
 
@@ -167,3 +168,82 @@ def block_mask_2d(
                 break
             count += added
     return torch.from_numpy(masks).to(device)
+
+
+def inverse_block_mask_2d(
+    batch: int,
+    height: int,
+    width: int,
+    mask_prob: float,
+    block_size: int = 3,
+    *,
+    mask_prob_adjust: float = 0.0,
+    mask_dropout: float = 0.0,
+    seed: Optional[int] = None,
+    update: int = 0,
+    sample_ids: Optional[Tensor] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """data2vec 2.0's image masks: the *kept* patches form blocks, everything else is masked.
+
+    Every row keeps exactly ``int(H*W * (1 - mask_prob))`` patches (paper: 39 of 196 at ``mask_prob=0.8``)
+    and masks the rest, so the student's kept tokens form a dense batch (data2vec 2.0 needs the same
+    count in every row). A row is drawn in two steps:
+
+    1. ``int(H*W * (1 - mask_prob + mask_prob_adjust) / block_size**2 * (1 + mask_dropout))`` centres are
+       drawn uniformly over the grid (with repeats), and the ``block_size x block_size`` square around each
+       (its top-left ``block_size // 2`` patches up and left of the centre, cut at the borders) is kept;
+    2. the count is then made exact: random kept patches are masked again while there are too many, or
+       random masked ones kept while there are too few.
+
+    ``mask_prob_adjust`` (paper: 0.07) draws more centres than step 1 alone would need, because squares
+    overlap; the excess is trimmed at random in step 2, which scatters a few kept patches at the block edges.
+    These are the semantics of fairseq's ``compute_block_mask_2d`` with ``inverse_mask=True`` and
+    ``require_same_masks=True``; the random draws are our own (below), so masks are not bitwise the same.
+
+    Args:
+        batch, height, width: mask shape ``(B, H, W)``.
+        mask_prob: the fraction of patches masked, in (0, 1).
+        block_size: the side of a kept square, in patches (``mask_length``); 1: kept patches at random.
+        mask_dropout: draws ``(1 + mask_dropout)`` times as many centres (the count is still exact).
+        seed, update, sample_ids: with ``sample_ids``, row ``i`` is drawn from its own generator seeded with
+            ``(seed, update, sample_ids[i])`` (see :func:`span_mask`); without them all rows come from one
+            generator seeded by ``seed`` or, if None, by torch's global generator.
+
+    Returns:
+        ``(B, H, W)`` bool tensor, ``True`` = masked; ``mask.flatten(1)`` is in patch order.
+    """
+    patches = height * width
+    if not 0 < mask_prob < 1:
+        raise ValueError(f"mask_prob={mask_prob} must be in (0, 1)")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} must be >= 1")
+    keep_prob = 1 - mask_prob
+    num_kept = int(patches * keep_prob)
+    if not 0 < num_kept < patches:
+        raise ValueError(f"mask_prob={mask_prob} keeps {num_kept} of {patches} patches: a row needs at least "
+                         f"one kept and one masked patch")
+    num_centers = int(patches * ((keep_prob + mask_prob_adjust) / block_size**2) * (1 + mask_dropout))
+    if sample_ids is None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        shared = np.random.default_rng(seed)
+        rngs = [shared] * batch
+    else:
+        if seed is None or len(sample_ids) != batch:
+            raise ValueError(f"per-sample masks need a seed and {batch} sample ids")
+        rngs = [np.random.default_rng([seed, update, int(i)]) for i in sample_ids]
+    before = block_size // 2  # rows/columns of a square above/left of its centre
+    kept = np.zeros((batch, height, width), dtype=bool)
+    for row, rng in zip(kept, rngs):
+        for center in rng.integers(0, patches, size=max(num_centers, 0)):
+            top, left = divmod(int(center), width)
+            top, left = top - before, left - before
+            row[max(top, 0):top + block_size, max(left, 0):left + block_size] = True
+        flat = row.reshape(-1)
+        surplus = int(flat.sum()) - num_kept
+        if surplus > 0:
+            flat[rng.choice(np.flatnonzero(flat), surplus, replace=False)] = False
+        elif surplus < 0:
+            flat[rng.choice(np.flatnonzero(~flat), -surplus, replace=False)] = True
+    return torch.from_numpy(~kept).to(device)

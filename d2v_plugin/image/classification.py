@@ -1,9 +1,9 @@
 """``data2vec_image_classification``: a classifier on a pre-trained ``data2vec_image`` encoder.
 
 The encoder is built from the pre-training checkpoint's own config and weights (``model_path``),
-stripped of its pre-training parts (teacher, regression head, mask embedding, final norm). Features
-are the mean of the last block's patch outputs (BEiT's mean pooling, [CLS] left out), normalised by
-a LayerNorm and fed to a linear layer.
+stripped of its pre-training parts (teacher, regression head, mask embedding, final norm; data2vec 2.0:
+teacher, decoder, regression head). Features are the mean of the last block's patch outputs (BEiT's
+mean pooling, [CLS] left out), normalised by a LayerNorm and fed to a linear layer.
 
 * ``linear_probe=true``: the encoder is frozen and always in eval mode; only the norm and the linear
   layer train.
@@ -73,14 +73,13 @@ class ClassificationHead(nn.Module):
 
 @register_model("data2vec_image_classification", dataclass=Data2VecImageClassificationConfig)
 class Data2VecImageClassificationModel(BaseFairseqModel):
-    def __init__(self, cfg: Data2VecImageClassificationConfig, backbone: Data2VecImageModel, num_classes: int):
+    def __init__(self, cfg: Data2VecImageClassificationConfig, backbone: BaseFairseqModel, num_classes: int):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
         dim = backbone.cfg.embed_dim
-        self.classification_heads = nn.ModuleDict(
-            {HEAD_NAME: ClassificationHead(dim, num_classes, backbone.cfg.layer_norm_eps)}
-        )
+        eps = backbone.cfg.norm_eps if backbone.cfg.data2vec_version == 2 else backbone.cfg.layer_norm_eps
+        self.classification_heads = nn.ModuleDict({HEAD_NAME: ClassificationHead(dim, num_classes, eps)})
         if cfg.linear_probe:
             self.backbone.requires_grad_(False)
 
@@ -89,8 +88,10 @@ class Data2VecImageClassificationModel(BaseFairseqModel):
         state, pretrained = pretrained_config(cfg, "data2vec_image")
         backbone_cfg = config_from_pretrained(Data2VecImageConfig, pretrained)
         if cfg.drop_path is not None:
+            if backbone_cfg.data2vec_version == 2 and cfg.drop_path > 0:
+                raise ValueError(f"model.drop_path={cfg.drop_path}: a data2vec 2.0 encoder has no stochastic depth")
             backbone_cfg.drop_path = cfg.drop_path
-        backbone = Data2VecImageModel(backbone_cfg)
+        backbone = Data2VecImageModel.build_model(backbone_cfg)  # version 1 or 2, as pre-trained
         backbone.remove_pretraining_modules()
         if state is not None:
             backbone.load_state_dict(state["model"], strict=True)

@@ -37,15 +37,19 @@ from torch import Tensor, nn
 
 from fairseq.models import BaseFairseqModel, register_model
 
-from d2v_plugin.core.config import Data2VecConfig, ModelMaskedConfig
+from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig, ModelMaskedConfig
 from d2v_plugin.core.masking import block_mask_2d
 from d2v_plugin.core.teacher_student import REFERENCE_TEACHER_KEY, TeacherStudentMixin, Views
 from d2v_plugin.image.vit import ViTEncoder
 
 
 @dataclass
-class Data2VecImageConfig(Data2VecConfig, ModelMaskedConfig):
-    """ViT and masking options (fairseq data2vec_vision's names) plus the shared data2vec ones."""
+class Data2VecImageConfig(Data2VecConfig, Data2Vec2Config, ModelMaskedConfig):
+    """ViT and masking options (fairseq data2vec_vision's names) plus the shared data2vec ones.
+
+    ``data2vec_version: 2`` builds data2vec 2.0's image model (:mod:`d2v_plugin.image.model_v2`, which
+    lists the options it reads); the options marked "data2vec 2.0" are read only there.
+    """
 
     image_size: int = field(default=224, metadata={"help": "input images are image_size x image_size pixels"})
     patch_size: int = field(default=16, metadata={"help": "patches are patch_size x patch_size pixels"})
@@ -82,8 +86,32 @@ class Data2VecImageConfig(Data2VecConfig, ModelMaskedConfig):
     ema_transformer_only: bool = field(
         default=True,
         metadata={"help": "the teacher tracks the transformer and shares the patch embedding with the "
-                          "student (False is not supported)"},
+                          "student (version 1: False is not supported; data2vec 2.0: False gives the teacher "
+                          "its own EMA patch embedding, run on the images, the paper's ema_local_encoder)"},
     )
+    # -- data2vec 2.0 only ------------------------------------------------------------------------
+    encoder_dropout: float = field(
+        default=0.0, metadata={"help": "data2vec 2.0: dropout on each block's attention output (the MLP's: "
+                                       "activation_dropout, post_mlp_drop)"})
+    activation_dropout: float = field(
+        default=0.0, metadata={"help": "data2vec 2.0: dropout after the MLP's activation"})
+    dropout_input: float = field(
+        default=0.0, metadata={"help": "data2vec 2.0: dropout on the prenet's output, before the blocks"})
+    layerdrop: float = field(default=0.0, metadata={"help": "data2vec 2.0: probability of skipping a block"})
+    layer_norm_first: bool = field(default=False, metadata={"help": "data2vec 2.0: pre-LN blocks (paper: post-LN)"})
+    mask_prob: float = field(
+        default=0.8, metadata={"help": "data2vec 2.0: fraction of patches masked; the kept ones form blocks "
+                                       "(inverse block masking)"})
+    mask_length: int = field(
+        default=3, metadata={"help": "data2vec 2.0: side of a kept block, in patches (1: kept patches at random)"})
+    mask_prob_adjust: float = field(
+        default=0.07, metadata={"help": "data2vec 2.0: extra kept-block centres (overlaps are trimmed at random)"})
+    mask_dropout: float = field(
+        default=0.0, metadata={"help": "data2vec 2.0: draw (1 + mask_dropout) times as many kept-block centres"})
+    cls_loss: float = field(
+        default=0.01,
+        metadata={"help": "data2vec 2.0: weight of the [CLS] loss (the student's final [CLS] output regresses "
+                          "the mean of the image's targets), times the masked patches; 0: off"})
 
 
 @register_model("data2vec_image", dataclass=Data2VecImageConfig)
@@ -109,6 +137,12 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecImageConfig, task=None):
+        if cfg.data2vec_version == 2:
+            from d2v_plugin.image.model_v2 import Data2Vec2ImageModel
+
+            return Data2Vec2ImageModel(cfg)
+        if cfg.data2vec_version != 1:
+            raise ValueError(f"model.data2vec_version={cfg.data2vec_version} must be 1 or 2")
         return cls(cfg)
 
     def embed(self, source: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
-"""Span masking statistics: masked fraction, span lengths, padding, reproducibility."""
+"""Mask samplers: span masking statistics (masked fraction, span lengths, padding), block masks, reproducibility."""
 
 import numpy as np
+import pytest
 import torch
 
 from d2v_plugin.core.masking import span_mask
@@ -121,3 +122,78 @@ def test_models_draw_different_masks_on_each_rank():
     r0, r1 = _two_ranks_masks(lambda ids: image.sample_mask(2, sample_ids=ids), torch.tensor([0, 1]),
                               torch.tensor([2, 3]))
     assert not torch.equal(r0, r1)
+
+
+# -- data2vec 2.0 images: inverse block masks -------------------------------------------------------
+def _kept_neighbour_pairs(mask):
+    """Mean number of horizontally or vertically adjacent kept patch pairs per row of a ``(B, H, W)`` mask."""
+    kept = ~mask
+    pairs = (kept[:, 1:, :] & kept[:, :-1, :]).sum((1, 2)) + (kept[:, :, 1:] & kept[:, :, :-1]).sum((1, 2))
+    return pairs.float().mean().item()
+
+
+def test_inverse_block_masks_keep_the_same_count_in_every_row():
+    from d2v_plugin.core.masking import inverse_block_mask_2d
+
+    # the paper: 14x14 patches, mask_prob 0.8 -> int(196 * 0.2) = 39 kept, 157 masked
+    paper = inverse_block_mask_2d(300, 14, 14, 0.8, 3, mask_prob_adjust=0.07, seed=3)
+    assert paper.shape == (300, 14, 14) and paper.dtype == torch.bool
+    assert (paper.sum((1, 2)) == 157).all()
+    for side, prob, block, adjust, dropout in ((8, 0.8, 3, 0.0, 0.0), (8, 0.5, 2, 0.1, 0.2), (5, 0.3, 1, 0.0, 0.0),
+                                               (6, 0.9, 4, 0.0, 0.0)):
+        mask = inverse_block_mask_2d(64, side, side, prob, block, mask_prob_adjust=adjust, mask_dropout=dropout,
+                                     seed=1)
+        kept = int(side * side * (1 - prob))
+        assert (mask.flatten(1).sum(1) == side * side - kept).all(), (side, prob, block)
+
+
+def test_inverse_block_masks_have_the_reference_block_structure():
+    """Kept patches form 3x3 blocks as in fairseq's compute_block_mask_2d(inverse_mask=True) (the paper's
+    sampler): as many adjacent kept pairs on average, far more than kept patches at random would have."""
+    from fairseq.data.data_utils import compute_block_mask_2d
+
+    from d2v_plugin.core.masking import inverse_block_mask_2d
+
+    n = 1000
+    ours = inverse_block_mask_2d(n, 14, 14, 0.8, 3, mask_prob_adjust=0.07, seed=0, sample_ids=torch.arange(n))
+    torch.manual_seed(0)
+    theirs = compute_block_mask_2d((n, 196), 0.8, 3, mask_prob_adjust=0.07, inverse_mask=True).bool().view(n, 14, 14)
+    assert (theirs.sum((1, 2)) == 157).all()
+    a, b = _kept_neighbour_pairs(ours), _kept_neighbour_pairs(theirs)
+    assert abs(a - b) < 0.05 * b, (a, b)  # ~49 pairs per image
+    random_kept = 2 * 14 * 13 * (39 / 196) * (38 / 195)  # ~14 for 39 patches kept at random
+    assert a > 3 * random_kept
+    # every patch is kept about equally often (borders a bit less: blocks are cut there), as in the reference
+    freq_ours, freq_theirs = (~ours).float().mean(0), (~theirs).float().mean(0)
+    assert (freq_ours - freq_theirs).abs().max() < 0.06
+
+
+def test_inverse_block_masks_are_a_function_of_seed_update_and_sample_id():
+    from d2v_plugin.core.masking import inverse_block_mask_2d
+
+    ids = torch.tensor([0, 1, 2])
+
+    def draw(sample_ids, seed=1, update=2):
+        return inverse_block_mask_2d(3, 8, 8, 0.8, 3, seed=seed, update=update, sample_ids=sample_ids)
+
+    a = draw(ids)
+    assert torch.equal(a, draw(ids))
+    assert all(not torch.equal(a[i], draw(ids + 3)[i]) for i in range(3))  # another rank's samples
+    assert all(not torch.equal(a[i], draw(ids, update=3)[i]) for i in range(3))  # the next update
+    assert torch.equal(draw(ids.flip(0)).flip(0), a)  # a row depends on its own id only
+    # without ids: from torch's generator, reproducible under its seed
+    torch.manual_seed(5)
+    b = inverse_block_mask_2d(4, 8, 8, 0.8, 3)
+    torch.manual_seed(5)
+    assert torch.equal(b, inverse_block_mask_2d(4, 8, 8, 0.8, 3))
+
+
+def test_inverse_block_mask_options_are_checked():
+    from d2v_plugin.core.masking import inverse_block_mask_2d
+
+    with pytest.raises(ValueError, match=r"mask_prob=1\.0 must be in \(0, 1\)"):
+        inverse_block_mask_2d(1, 8, 8, 1.0, 3, seed=1)
+    with pytest.raises(ValueError, match=r"mask_prob=0\.99 keeps 0 of 64 patches"):
+        inverse_block_mask_2d(1, 8, 8, 0.99, 3, seed=1)
+    with pytest.raises(ValueError, match=r"per-sample masks need a seed and 2 sample ids"):
+        inverse_block_mask_2d(2, 8, 8, 0.8, 3, sample_ids=torch.tensor([1, 2]))

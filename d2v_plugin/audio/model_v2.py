@@ -27,7 +27,7 @@ from d2v_plugin.audio.front_end import ConvFrontEnd
 from d2v_plugin.compat.data2vec_multi import shared_options
 from d2v_plugin.core.alibi import AlibiBias
 from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
-from d2v_plugin.core.masking import span_mask
+from d2v_plugin.core.masking import channel_mask, span_mask
 from d2v_plugin.core.teacher_student import Views
 
 
@@ -88,11 +88,11 @@ class Data2Vec2AudioModel(ConvFrontEnd, Data2Vec2Mixin, BaseFairseqModel):
         all copies, or with ``features_only`` (no masking) ``{"x": (B, T, D), "padding_mask", "layer_results"}``.
         """
         features, frame_padding = self.encode_features(source, padding_mask)
-        if features_only or not mask:
-            x, targets = self.encoder(features + self.pos_conv(features), frame_padding, min_target_layer=0)
-            if layer is not None:
-                raise ValueError("data2vec 2.0 audio: layer= is not supported; use layer_results")
-            return {"x": x, "padding_mask": frame_padding, "layer_results": targets}
+        if features_only:
+            return self.encode_all_frames(features, frame_padding, mask, layer)
+        if not mask or not 0 < self.cfg.mask_prob < 1:
+            raise ValueError(f"data2vec 2.0 pre-training needs masked frames: model.mask_prob="
+                             f"{self.cfg.mask_prob} must be in (0, 1)")
 
         x, clone_padding, clone_ids = self.clones(features, frame_padding, sample_ids)
         if mask_indices is None:
@@ -106,12 +106,35 @@ class Data2Vec2AudioModel(ConvFrontEnd, Data2Vec2Mixin, BaseFairseqModel):
             out["feature_var"] = self._feature_var
         return out
 
+    def encode_all_frames(self, features: Tensor, frame_padding: Optional[Tensor], mask: bool,
+                          layer: Optional[int]) -> dict:
+        """Every frame through the transformer (feature extraction, fine-tuning). With ``mask`` (fine-tuning's
+        ``mask_prob`` / ``mask_channel_prob``) masked frames and channels are zeroed first, as the student's
+        are in pre-training; nothing is removed.
+
+        Padded frames are zeroed before the positional convolutions (as wav2vec 2.0 does), so an utterance's
+        features do not depend on how much padding its batch has; data2vec_multi leaves them as they are,
+        and so does pre-training here (parity)."""
+        x = features
+        if mask and self.cfg.mask_prob > 0:
+            frames = self.sample_mask(x.size(0), x.size(1), frame_padding, None, x.device)
+            x = x.masked_fill(frames.unsqueeze(-1), 0.0)
+        if mask and self.cfg.mask_channel_prob > 0:
+            channels = channel_mask(x.size(0), x.size(2), self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
+                                    device=x.device)
+            x = x.masked_fill(channels.unsqueeze(1), 0.0)
+        if frame_padding is not None:
+            x = x.masked_fill(frame_padding.unsqueeze(-1), 0.0)
+        x, block_outputs = self.encoder(x + self.pos_conv(x), frame_padding, min_target_layer=0)
+        if layer is not None:
+            raise ValueError("data2vec 2.0 audio: extract_features(layer=...) is not supported; read "
+                             "layer_results (each block's MLP output) instead")
+        return {"x": x, "padding_mask": frame_padding, "layer_results": block_outputs}
+
     def sample_mask(self, rows: int, frames: int, padding_mask: Optional[Tensor], sample_ids: Optional[Tensor],
                     device) -> Tensor:
         """``(rows, frames)`` span masks with the same number of masked frames per row, padding never masked."""
         cfg = self.cfg
-        if not 0 < cfg.mask_prob < 1:
-            raise ValueError(f"model.mask_prob={cfg.mask_prob} must be in (0, 1) for data2vec 2.0")
         return span_mask(rows, frames, cfg.mask_prob, cfg.mask_length, padding_mask, min_masks=1,
                          require_same_masks=True, mask_dropout=cfg.mask_dropout, device=device,
                          **(self.mask_seed(sample_ids) or {}))
@@ -130,7 +153,7 @@ class Data2Vec2AudioModel(ConvFrontEnd, Data2Vec2Mixin, BaseFairseqModel):
 
     def extract_features(self, source: Tensor, padding_mask: Optional[Tensor], mask: bool = False,
                          layer: Optional[int] = None):
-        return self.forward(source, padding_mask, mask=False, features_only=True, layer=layer)
+        return self.forward(source, padding_mask, mask=mask, features_only=True, layer=layer)
 
 
 def config_from_data2vec_multi(cfg: dict) -> dict:

@@ -1,6 +1,7 @@
 """Masks for the student's view. ``True`` marks a masked position everywhere in this package.
 
-Speech and text use spans / tokens over a sequence; images use blocks of patches: masked blocks
+Speech and text use spans / tokens over a sequence (:func:`span_mask`; data2vec 2.0 text: random tokens,
+never padding, :func:`random_token_mask`); images use blocks of patches: masked blocks
 (:func:`block_mask_2d`, data2vec) or kept blocks with everything else masked (:func:`inverse_block_mask_2d`,
 data2vec 2.0). The span sampler itself is fairseq's ``compute_mask_indices`` (what wav2vec 2.0 and
 the paper use); this module gives it a tensor-in, tensor-out face and the options' meaning.
@@ -83,6 +84,20 @@ def _seeding(batch: int, seed: Optional[int], update: int, sample_ids: Optional[
     return seed, update, sample_ids
 
 
+def row_generators(batch: int, seed: Optional[int], update: int, sample_ids: Optional[Tensor]) -> list:
+    """One numpy generator per row for the mask samplers written here (scalar-heavy loops: numpy's generator is
+    cheaper per draw than torch's). With ``sample_ids`` row ``i`` draws from ``(seed, update, sample_ids[i])``
+    alone (see :func:`span_mask`); without them all rows share one generator seeded by ``seed`` or, if None,
+    by torch's global generator."""
+    if sample_ids is None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        return [np.random.default_rng(seed)] * batch
+    if seed is None or len(sample_ids) != batch:
+        raise ValueError(f"per-sample masks need a seed and {batch} sample ids, got {seed} and {len(sample_ids)}")
+    return [np.random.default_rng([int(seed), int(update), int(i)]) for i in sample_ids]
+
+
 def channel_mask(batch: int, channels: int, mask_prob: float, mask_length: int,
                  device: Optional[torch.device] = None, seed: Optional[int] = None, update: int = 0,
                  sample_ids: Optional[Tensor] = None, **kwargs) -> Tensor:
@@ -135,15 +150,7 @@ def block_mask_2d(
         raise ValueError(f"num_masked={num_masked} must be in 1..{height * width} (the number of patches)")
     if min_block < 1 or not 0 < min_aspect <= 1:
         raise ValueError(f"need min_block >= 1 and 0 < min_aspect <= 1, got {min_block}, {min_aspect}")
-    if sample_ids is None:
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        shared = np.random.default_rng(seed)  # scalar-heavy loop: numpy's generator is cheaper per draw
-        rngs = [shared] * batch
-    else:
-        if seed is None or len(sample_ids) != batch:
-            raise ValueError(f"per-sample masks need a seed and {batch} sample ids")
-        rngs = [np.random.default_rng([seed, update, int(i)]) for i in sample_ids]
+    rngs = row_generators(batch, seed, update, sample_ids)
     log_aspect = math.log(min_aspect)
     masks = np.zeros((batch, height, width), dtype=bool)
     for mask, rng in zip(masks, rngs):
@@ -224,15 +231,7 @@ def inverse_block_mask_2d(
         raise ValueError(f"mask_prob={mask_prob} keeps {num_kept} of {patches} patches: a row needs at least "
                          f"one kept and one masked patch")
     num_centers = int(patches * ((keep_prob + mask_prob_adjust) / block_size**2) * (1 + mask_dropout))
-    if sample_ids is None:
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        shared = np.random.default_rng(seed)
-        rngs = [shared] * batch
-    else:
-        if seed is None or len(sample_ids) != batch:
-            raise ValueError(f"per-sample masks need a seed and {batch} sample ids")
-        rngs = [np.random.default_rng([seed, update, int(i)]) for i in sample_ids]
+    rngs = row_generators(batch, seed, update, sample_ids)
     before = block_size // 2  # rows/columns of a square above/left of its centre
     kept = np.zeros((batch, height, width), dtype=bool)
     for row, rng in zip(kept, rngs):
@@ -247,3 +246,32 @@ def inverse_block_mask_2d(
         elif surplus < 0:
             flat[rng.choice(np.flatnonzero(~flat), -surplus, replace=False)] = True
     return torch.from_numpy(~kept).to(device)
+
+
+def masked_count(valid_lengths: Tensor, mask_prob: float) -> int:
+    """How many tokens every row masks: what the reference masks in a row of the shortest length ``L``,
+    ``L - int(L * (1 - mask_prob))``, within ``[1, L - 1]`` (at least one masked and one kept real token)."""
+    shortest = int(valid_lengths.min())
+    if shortest < 2:
+        raise ValueError(f"data2vec 2.0 text needs at least 2 tokens per sentence to mask one and keep one; "
+                         f"the batch has a sentence of {shortest}")
+    return min(max(shortest - int(shortest * (1 - mask_prob)), 1), shortest - 1)
+
+
+def random_token_mask(rows: int, length: int, mask_prob: float, padding_mask: Optional[Tensor] = None, *,
+                      seed: Optional[int] = None, update: int = 0, sample_ids: Optional[Tensor] = None,
+                      device=None) -> Tensor:
+    """``(rows, length)`` bool, ``True`` = masked: the same number of tokens per row (:func:`masked_count`),
+    chosen uniformly among the row's non-padding positions, never padding.
+
+    data2vec 2.0's text masks (random tokens, no BERT 80/10/10 replacement). Seeding: :func:`row_generators`.
+    """
+    valid = torch.full((rows,), length) if padding_mask is None else (~padding_mask).sum(1).cpu()
+    count = masked_count(valid, mask_prob)
+    pad = None if padding_mask is None else padding_mask.cpu().numpy()
+    mask = np.zeros((rows, length), dtype=bool)
+    for row, rng in enumerate(row_generators(rows, seed, update, sample_ids)):
+        positions = np.arange(length) if pad is None else np.flatnonzero(~pad[row])
+        chosen = rng.choice(len(positions), size=count, replace=False)
+        mask[row, positions[chosen]] = True
+    return torch.from_numpy(mask).to(device)

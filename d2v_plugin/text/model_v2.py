@@ -1,7 +1,7 @@
 """``data2vec_text`` with ``model.data2vec_version=2``: data2vec 2.0 for text (Baevski et al. 2023).
 
 Student: token embeddings (+ learned positions) -> layer norm -> dropout (:class:`TokenEmbedding`) ->
-``clone_batch`` copies, each with its own random token mask (:func:`random_token_mask`) -> only the kept
+``clone_batch`` copies, each with its own random token mask (:func:`~d2v_plugin.core.masking.random_token_mask`) -> only the kept
 tokens -> transformer (``encoder``, :class:`~d2v_plugin.core.transformer.Data2Vec2Transformer`, no ALiBi,
 no prenet) -> conv decoder over all tokens (noise at the masked ones) -> ``final_proj`` at the masked tokens.
 Teacher: an EMA copy of the transformer only (the embeddings are the student's, the paper's
@@ -40,7 +40,6 @@ Decisions, where fairseq's data2vec_multi (the reference) is followed and where 
 import math
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +50,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from d2v_plugin.compat.data2vec_multi import is_data2vec_multi, shared_options
 from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
 from d2v_plugin.core.finetune import dictionary_digest, remember_in_run_config
+from d2v_plugin.core.masking import random_token_mask
 from d2v_plugin.core.teacher_student import Views
 from d2v_plugin.text.model import Data2VecTextModel, encoder_config
 
@@ -79,43 +79,6 @@ class TokenEmbedding(nn.Module):
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
         return self.dropout(x) if dropout else x
-
-
-def masked_count(valid_lengths: Tensor, mask_prob: float) -> int:
-    """How many tokens every row masks: what the reference masks in a row of the shortest length ``L``,
-    ``L - int(L * (1 - mask_prob))``, within ``[1, L - 1]`` (at least one masked and one kept real token)."""
-    shortest = int(valid_lengths.min())
-    if shortest < 2:
-        raise ValueError(f"data2vec 2.0 text needs at least 2 tokens per sentence to mask one and keep one; "
-                         f"the batch has a sentence of {shortest}")
-    return min(max(shortest - int(shortest * (1 - mask_prob)), 1), shortest - 1)
-
-
-def random_token_mask(rows: int, length: int, mask_prob: float, padding_mask: Optional[Tensor] = None, *,
-                      seed: Optional[int] = None, update: int = 0, sample_ids: Optional[Tensor] = None,
-                      device=None) -> Tensor:
-    """``(rows, length)`` bool, ``True`` = masked: the same number of tokens per row (:func:`masked_count`),
-    chosen uniformly among the row's non-padding positions, never padding.
-
-    With ``sample_ids``, row ``i`` draws from ``numpy.random.default_rng([seed, update, sample_ids[i]])``
-    alone; without them the rows' seeds come from torch's global generator.
-    """
-    valid = torch.full((rows,), length) if padding_mask is None else (~padding_mask).sum(1).cpu()
-    count = masked_count(valid, mask_prob)
-    if sample_ids is None:
-        base = int(torch.randint(0, 2**31 - 1, ()).item())
-        seeds = [[base, 0, i] for i in range(rows)]
-    else:
-        if seed is None or len(sample_ids) != rows:
-            raise ValueError(f"per-sample masks need a seed and {rows} sample ids, got {seed} and {len(sample_ids)}")
-        seeds = [[int(seed), int(update), int(i)] for i in sample_ids.tolist()]
-    pad = None if padding_mask is None else padding_mask.cpu().numpy()
-    mask = np.zeros((rows, length), dtype=bool)
-    for row, row_seed in enumerate(seeds):
-        positions = np.arange(length) if pad is None else np.flatnonzero(~pad[row])
-        chosen = np.random.default_rng(row_seed).choice(len(positions), size=count, replace=False)
-        mask[row, positions[chosen]] = True
-    return torch.from_numpy(mask).to(device)
 
 
 class Data2Vec2TextEncoder(Data2Vec2Mixin, FairseqEncoder):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_plugin.core.masking import span_mask
+from d2v_plugin.core.masking import masked_count, random_token_mask, span_mask
 
 
 def runs(row):
@@ -197,3 +197,22 @@ def test_inverse_block_mask_options_are_checked():
         inverse_block_mask_2d(1, 8, 8, 0.99, 3, seed=1)
     with pytest.raises(ValueError, match=r"per-sample masks need a seed and 2 sample ids"):
         inverse_block_mask_2d(2, 8, 8, 0.8, 3, sample_ids=torch.tensor([1, 2]))
+
+
+def test_random_token_masks_have_equal_counts_never_cover_padding_and_follow_the_sample():
+    padding = torch.zeros(4, 20, dtype=torch.bool)
+    padding[2, 12:] = True
+    padding[3, 15:] = True
+    mask = random_token_mask(4, 20, 0.48, padding, seed=1, update=3, sample_ids=torch.tensor([5, 6, 7, 8]))
+    count = 12 - int(12 * 0.52)  # what the reference masks in a row of the shortest length, 12
+    assert mask.sum(1).tolist() == [count] * 4
+    assert not (mask & padding).any()
+    # a row depends on (seed, update, sample id) and the count alone, not on its neighbours
+    again = random_token_mask(2, 20, 0.48, padding[[1, 2]], seed=1, update=3, sample_ids=torch.tensor([6, 7]))
+    assert torch.equal(again, mask[[1, 2]])
+    assert not torch.equal(random_token_mask(4, 20, 0.48, padding, seed=1, update=4,
+                                             sample_ids=torch.tensor([5, 6, 7, 8])), mask)
+    assert masked_count(torch.tensor([512]), 0.48) == 246  # the paper's 48% of a 512-token block
+    assert masked_count(torch.tensor([2]), 0.99) == 1  # always one real token kept
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        masked_count(torch.tensor([1, 30]), 0.5)

@@ -184,12 +184,13 @@ def run_image() -> dict:
 RUNS = {"audio": run_audio, "text": run_text, "image": run_image}
 
 
-def run_in_subprocess(modality: str, out_path) -> dict:
-    """Runs the parity run of ``modality`` in a fresh process; returns what it saved at ``out_path``."""
-    proc = subprocess.run([sys.executable, "-m", "tests.reference.runner", modality, str(out_path)], cwd=REPO,
+def run_in_subprocess(modality: str, out_path, runner: str = "tests.reference.runner") -> dict:
+    """Runs ``python -m RUNNER MODALITY OUT`` (the parity run of ``modality``) in a fresh process; returns what
+    it saved at ``out_path``."""
+    proc = subprocess.run([sys.executable, "-m", runner, modality, str(out_path)], cwd=REPO,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"the {modality} reference run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{runner} {modality} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return torch.load(out_path, weights_only=True)
 
 

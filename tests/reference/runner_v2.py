@@ -22,7 +22,6 @@ reference.
 import contextlib
 import dataclasses
 import importlib.util
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -32,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from tests.reference import v2_config
+from tests.reference.runner import run_in_subprocess
 
-REPO = Path(__file__).resolve().parents[2]
 MODALITIES = v2_config.MODALITIES
 BUILD_SEED = 0  # torch's seed while the model (and its EMA teacher) is built
 APART_SEED = 1  # the generator that moves the student away from its teacher
@@ -358,11 +357,7 @@ def run_v2(modality: str, noise_seed: int = NOISE_SEED) -> dict:
 
 def run_v2_in_subprocess(modality: str, out_path) -> dict:
     """Runs the v2 parity run of ``modality`` in a fresh process; returns what it saved at ``out_path``."""
-    proc = subprocess.run([sys.executable, "-m", "tests.reference.runner_v2", modality, str(out_path)], cwd=REPO,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {modality} v2 reference run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return torch.load(out_path, weights_only=True)
+    return run_in_subprocess(modality, out_path, runner="tests.reference.runner_v2")
 
 
 def main(argv: list) -> None:

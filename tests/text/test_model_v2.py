@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 from d2v_plugin.core.criterion import mean_std, regression_loss
 from d2v_plugin.text.classification import Data2VecTextClassificationConfig
 from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextModel
-from d2v_plugin.text.model_v2 import (Data2Vec2TextEncoder, Data2Vec2TextModel, config_from_data2vec_multi,
-                                      masked_count, random_token_mask)
+from d2v_plugin.text.model_v2 import Data2Vec2TextEncoder, Data2Vec2TextModel, config_from_data2vec_multi
 from tests.reference.runner_v2 import run_v2_in_subprocess
 from tests.reference.v2_config import CLONE_BATCH, TINY_V2, make_batch_v2, make_dictionary_v2
 
@@ -106,25 +105,6 @@ def test_unsupported_data2vec_multi_options_are_named(reference):
 
 
 # -- our masks -------------------------------------------------------------------------------------------
-def test_masks_have_equal_counts_never_cover_padding_and_follow_the_sample():
-    padding = torch.zeros(4, 20, dtype=torch.bool)
-    padding[2, 12:] = True
-    padding[3, 15:] = True
-    mask = random_token_mask(4, 20, 0.48, padding, seed=1, update=3, sample_ids=torch.tensor([5, 6, 7, 8]))
-    count = 12 - int(12 * 0.52)  # what the reference masks in a row of the shortest length, 12
-    assert mask.sum(1).tolist() == [count] * 4
-    assert not (mask & padding).any()
-    # a row depends on (seed, update, sample id) and the count alone, not on its neighbours
-    again = random_token_mask(2, 20, 0.48, padding[[1, 2]], seed=1, update=3, sample_ids=torch.tensor([6, 7]))
-    assert torch.equal(again, mask[[1, 2]])
-    assert not torch.equal(random_token_mask(4, 20, 0.48, padding, seed=1, update=4,
-                                             sample_ids=torch.tensor([5, 6, 7, 8])), mask)
-    assert masked_count(torch.tensor([512]), 0.48) == 246  # the paper's 48% of a 512-token block
-    assert masked_count(torch.tensor([2]), 0.99) == 1  # always one real token kept
-    with pytest.raises(ValueError, match="at least 2 tokens"):
-        masked_count(torch.tensor([1, 30]), 0.5)
-
-
 def test_model_masks_each_copy_differently_and_never_padding():
     torch.manual_seed(0)
     model = tiny()

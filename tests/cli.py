@@ -50,3 +50,13 @@ def _num(v):
         return float(v)
     except (TypeError, ValueError):
         return v
+
+
+def differing_tensors(checkpoint_a: Path, checkpoint_b: Path) -> List[str]:
+    """The model tensors (student and teacher) that differ between two checkpoints with the same keys."""
+    import torch
+
+    a = torch.load(checkpoint_a, weights_only=True)["model"]
+    b = torch.load(checkpoint_b, weights_only=True)["model"]
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+    return [k for k in a if not torch.equal(a[k], b[k])]

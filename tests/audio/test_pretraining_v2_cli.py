@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.audio.test_asr_cli import generate, wer_line
-from tests.cli import hydra_train, json_logs
+from tests.cli import differing_tensors, hydra_train, json_logs
 
 PRETRAIN_UPDATES = 150
 
@@ -51,10 +51,7 @@ def test_v2_resumed_run_equals_uninterrupted_run_bitwise(speech_data, tmp_path):
     assert "Loaded checkpoint" in out.stdout + out.stderr
     hydra_train("examples/audio/pretraining", "tiny_cpu_v2", tmp_path / "r3",
                 common + [f"checkpoint.save_dir={straight}", "optimization.max_update=20"])
-    a = torch.load(resumed / "checkpoint_last.pt", weights_only=True)["model"]
-    b = torch.load(straight / "checkpoint_last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
+    different = differing_tensors(resumed / "checkpoint_last.pt", straight / "checkpoint_last.pt")
     assert not different, different[:5]
 
 

@@ -14,24 +14,10 @@ from fairseq import checkpoint_utils
 
 import d2v_plugin  # noqa: F401  (registers the models fairseq's checkpoint loader rebuilds)
 from d2v_plugin.core.finetune import dictionary_digest
-from tests.cli import hydra_train, json_logs, module
+from tests.cli import differing_tensors, hydra_train, json_logs, module
 
 PRETRAIN_UPDATES = 100
 FINETUNE_UPDATES = 60
-
-
-@pytest.fixture(scope="module")
-def text_data(tmp_path_factory):
-    """``(pre-training data-bin, classification data-bin)``, made as a user would."""
-    root = tmp_path_factory.mktemp("text")
-    module("manifests.toy_text", root / "raw", "--docs", 1500, "--cls-train", 320, "--cls-valid", 100, "--seed", 1)
-    data, cls = root / "data-bin", root / "cls-bin"
-    module("manifests.text_manifest", root / "raw" / "pretrain.txt", "--dest", data, "--vocab-size", 200,
-           "--valid-percent", 0.05, "--workers", 1)
-    module("manifests.text_manifest", root / "raw" / "cls_train.txt", "--labels", root / "raw" / "cls_train.labels",
-           "--valid-input", root / "raw" / "cls_valid.txt", "--valid-labels", root / "raw" / "cls_valid.labels",
-           "--spm-model", data / "spm.model", "--srcdict", data / "dict.txt", "--dest", cls, "--workers", 1)
-    return data, cls
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +73,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(text_data, tmp_path):
     hydra_train("examples/text/pretraining", "tiny_cpu", tmp_path / "r3",
                 common + [f"checkpoint.save_dir={straight}", "optimization.max_update=20"])
     a = torch.load(resumed / "checkpoint_last.pt", weights_only=True)["model"]
-    b = torch.load(straight / "checkpoint_last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
+    different = differing_tensors(resumed / "checkpoint_last.pt", straight / "checkpoint_last.pt")
     assert not different, different[:5]
     # and the teacher did move on from the one saved at update 10
     key = "encoder.ema_teacher.model.layers.0.fc1.weight"

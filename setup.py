@@ -24,7 +24,9 @@ setup(
         "Pillow",
         "editdistance",
     ],
-    extras_require={"test": ["pytest"]},
+    # "hf": d2v-export-hf / d2v-import-hf. Install it as scripts/setup.sh does (pip install --no-deps -r
+    # requirements-hf.txt): a plain resolve of transformers may pull other packages than listed there.
+    extras_require={"test": ["pytest"], "hf": ["transformers==5.25.0", "safetensors", "tokenizers"]},
     entry_points={
         "console_scripts": [
             "d2v-audio-manifest=manifests.audio_manifest:main",
@@ -33,6 +35,8 @@ setup(
             "d2v-options=d2v_plugin.core.options:main",
             "d2v-image-manifest=manifests.image_manifest:main",
             "d2v-toy-images=manifests.toy_images:main",
+            "d2v-export-hf=d2v_plugin.hf.cli:export_main",
+            "d2v-import-hf=d2v_plugin.hf.cli:import_main",
         ]
     },
 )

@@ -1,0 +1,1 @@
+"""Hugging Face transformers export/import (d2v_plugin/hf)."""

@@ -26,7 +26,7 @@ setup(
     ],
     # "hf": d2v-export-hf / d2v-import-hf. Install it as scripts/setup.sh does (pip install --no-deps -r
     # requirements-hf.txt): a plain resolve of transformers may pull other packages than listed there.
-    extras_require={"test": ["pytest"], "hf": ["transformers==5.25.0", "safetensors", "tokenizers"]},
+    extras_require={"test": ["pytest"], "hf": ["transformers==5.22.2", "safetensors", "tokenizers"]},
     entry_points={
         "console_scripts": [
             "d2v-audio-manifest=manifests.audio_manifest:main",

@@ -28,13 +28,27 @@ def _modality(name: str):
     return importlib.import_module(f"d2v_plugin.hf.{name}")
 
 
-def export_to_hf(checkpoint, out_dir) -> Path:
-    """Export ``checkpoint`` (ours) to the HF model directory ``out_dir``; returns ``out_dir``."""
+# options of export_to_hf that only one modality reads (text: where its tokenizer files are)
+TEXT_ONLY_OPTIONS = ("spm_model", "dictionary", "label_dictionary")
+
+
+def export_to_hf(checkpoint, out_dir, **text_files) -> Path:
+    """Export ``checkpoint`` (ours) to the HF model directory ``out_dir``; returns ``out_dir``.
+
+    ``text_files``: ``spm_model=``, ``dictionary=``, ``label_dictionary=`` paths for a text checkpoint whose
+    data-bin (``cfg.task.data``) is not where it was during training (see :func:`d2v_plugin.hf.text.export`).
+    """
     cfg, state, name = read_checkpoint(checkpoint)
     if name not in MODALITY_OF_MODEL:
         raise HFConversionError(f"{checkpoint}: model {name!r} has no Hugging Face export "
                                 f"(supported: {', '.join(sorted(MODALITY_OF_MODEL))})")
-    return _modality(MODALITY_OF_MODEL[name]).export(cfg, state, Path(out_dir), Path(checkpoint))
+    modality = MODALITY_OF_MODEL[name]
+    given = {k: v for k, v in text_files.items() if v is not None}
+    unknown = set(given) - set(TEXT_ONLY_OPTIONS)
+    if unknown or (given and modality != "text"):
+        raise HFConversionError(f"{', '.join(sorted(unknown or given))}: only for text checkpoints "
+                                f"({checkpoint} holds {name})")
+    return _modality(modality).export(cfg, state, Path(out_dir), Path(checkpoint), **given)
 
 
 def import_from_hf(hf_dir, out_path) -> Path:

@@ -25,8 +25,14 @@ def export_main(argv=None) -> int:
     p.add_argument("checkpoint", help="a fairseq checkpoint of data2vec_audio(_ctc), data2vec_text(_classification) "
                    "or data2vec_image(_classification)")
     p.add_argument("out_dir", help="the directory to write (replaced if it exists, only once the export succeeded)")
+    text = p.add_argument_group("text checkpoints", "where the tokenizer files are, if not in the data-bin the "
+                                "checkpoint was trained on (cfg.task.data)")
+    text.add_argument("--spm-model", help="the SentencePiece model (spm.model) the data-bin was encoded with")
+    text.add_argument("--dictionary", help="the data-bin's dict.txt (input0/dict.txt for classification)")
+    text.add_argument("--label-dictionary", help="classification: label/dict.txt (names the classes)")
     a = p.parse_args(argv)
-    return _run(export_to_hf, a.checkpoint, a.out_dir)
+    return _run(lambda ckpt, out: export_to_hf(ckpt, out, spm_model=a.spm_model, dictionary=a.dictionary,
+                                               label_dictionary=a.label_dictionary), a.checkpoint, a.out_dir)
 
 
 def import_main(argv=None) -> int:

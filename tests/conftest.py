@@ -1,6 +1,7 @@
-"""Shared fixtures: a generated toy speech corpus with manifests and labels, and a tiny pre-trained model.
+"""Shared fixtures: a generated toy speech corpus with manifests and labels, a tiny pre-trained model, and
+the toy text corpus (used by the text tests and the Hugging Face text tests).
 
-Both are built once per test session through the real command-line tools, as a user would.
+All are built once per test session through the real command-line tools, as a user would.
 """
 
 import shutil
@@ -39,3 +40,17 @@ def pretrained(speech_data, tmp_path_factory):
                        [f"task.data={speech_data}", f"checkpoint.save_dir={out / 'ckpt'}",
                         f"optimization.max_update={PRETRAIN_UPDATES}"])
     return out / "ckpt", proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """``(pre-training data-bin, classification data-bin)``, made as a user would."""
+    root = tmp_path_factory.mktemp("text")
+    module("manifests.toy_text", root / "raw", "--docs", 1500, "--cls-train", 320, "--cls-valid", 100, "--seed", 1)
+    data, cls = root / "data-bin", root / "cls-bin"
+    module("manifests.text_manifest", root / "raw" / "pretrain.txt", "--dest", data, "--vocab-size", 200,
+           "--valid-percent", 0.05, "--workers", 1)
+    module("manifests.text_manifest", root / "raw" / "cls_train.txt", "--labels", root / "raw" / "cls_train.labels",
+           "--valid-input", root / "raw" / "cls_valid.txt", "--valid-labels", root / "raw" / "cls_valid.labels",
+           "--spm-model", data / "spm.model", "--srcdict", data / "dict.txt", "--dest", cls, "--workers", 1)
+    return data, cls

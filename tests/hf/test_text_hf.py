@@ -22,7 +22,6 @@ from d2v_plugin.hf import text as hf_text  # noqa: E402
 from d2v_plugin.hf.common import HFConversionError, read_checkpoint  # noqa: E402
 from tests.cli import BIN, REPO, hydra_train, run  # noqa: E402
 from tests.reference.text_config import TINY_TEXT  # noqa: E402
-from tests.text.conftest import text_data  # noqa: E402,F401  (the session's toy corpus)
 
 UPDATES = 5
 TOL = 1e-4

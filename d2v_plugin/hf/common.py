@@ -35,12 +35,37 @@ def unsupported(option: str, value, why: str) -> HFConversionError:
                              f"nothing was written")
 
 
+def refused_on_import(model: str, option: str, value, why: str) -> HFConversionError:
+    """The import's counterpart of :func:`unsupported`: an HF ``config.json`` option ``model`` (ours) lacks."""
+    return HFConversionError(f"config.json {option}={value}: our {model} cannot express it ({why}); "
+                             f"nothing was written")
+
+
+def invert_key_map(key_map: Iterable[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
+    """The ``(HF key regex, our key)`` map of an ``(our key regex, HF key)`` map, for the import.
+
+    Our regexes' groups are ``(...)`` without nesting: the HF key's ``\\N`` become our regex's N-th group in
+    the pattern, and our groups become ``\\1``, ``\\2``, ... in the replacement.
+    """
+    out = []
+    for ours, hf in key_map:
+        groups = re.findall(r"\([^()]*\)", ours)
+        parts = re.split(r"\\(\d+)", hf)  # text, group number, text, ...
+        pattern = "".join(groups[int(p) - 1] if i % 2 else re.escape(p) for i, p in enumerate(parts))
+        texts = re.split(r"\([^()]*\)", ours)
+        replacement = "".join(text.replace("\\", "") + (f"\\{i + 1}" if i < len(groups) else "")
+                              for i, text in enumerate(texts))
+        out.append((pattern, replacement))
+    return tuple(out)
+
+
 def read_checkpoint(path) -> Tuple[DictConfig, Dict[str, torch.Tensor], str]:
     """``(cfg, model state dict, model name)`` of a fairseq checkpoint, loaded with ``weights_only=True``."""
     state = load_checkpoint(str(path), option="CKPT")
     cfg = state.get("cfg")
     if cfg is None or cfg.get("model") is None:
-        raise HFConversionError(f"{path}: a checkpoint without a hydra config (cfg.model); re-save it with fairseq 0.12")
+        raise HFConversionError(f"{path}: a checkpoint without a hydra config (cfg.model); "
+                                f"re-save it with fairseq 0.12")
     name = cfg.model.get("_name")
     return cfg, state["model"], name
 

@@ -39,13 +39,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
-from d2v_plugin.hf.common import (HFConversionError, plain_config, rename, unsupported, write_checkpoint,
-                                  write_hf_dir)
+from d2v_plugin.hf.common import (HFConversionError, invert_key_map, plain_config, refused_on_import, rename,
+                                  unsupported, write_checkpoint, write_hf_dir)
 
 logger = logging.getLogger(__name__)
 
@@ -96,21 +96,6 @@ DROP_V1 = (r"ema_teacher\..*", r"final_proj\..*", r"encoder\.layers\.\d+\.self_a
 DROP_V2 = (r"ema_teacher\..*", r"final_proj\..*", r"decoder\..*", r"encoder\.layers\.\d+\.attn\.k\.bias")
 # Parts of our pre-training model an HF encoder may lack: freshly initialised on import.
 FRESH_ON_IMPORT = (r"final_proj\..*", r"mask_emb", r"encoder\.layer_norm\..*", r"encoder\.rel_pos_bias\.table")
-
-
-def _inverse(key_map: Iterable[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
-    """(HF key regex, our key) pairs for a map of (our key regex, HF key): each ``(...)`` group of our regex
-    becomes the HF side's ``\\N`` (in order) and vice versa."""
-    out = []
-    for ours, hf in key_map:
-        groups = re.findall(r"\([^()]*\)", ours)
-        pieces = re.split(r"\\(\d)", hf)  # literal, group number, literal, ...
-        pattern = "".join(re.escape(p) if i % 2 == 0 else groups[int(p) - 1] for i, p in enumerate(pieces))
-        literals = re.split(r"\([^()]*\)", ours)
-        replacement = "".join(lit.replace("\\.", ".") + (f"\\{i + 1}" if i < len(groups) else "")
-                              for i, lit in enumerate(literals))
-        out.append((pattern, replacement))
-    return tuple(out)
 
 
 # -- config: ours -> HF ------------------------------------------------------------------------------
@@ -266,12 +251,12 @@ def export(cfg, state: Dict[str, torch.Tensor], out_dir: Path, checkpoint_path: 
 # -- import: HF -> ours --------------------------------------------------------------------------------
 def model_options(config) -> dict:
     """Our ``data2vec_image`` (version 1) options for an HF ``Data2VecVisionConfig``; raises
-    :func:`unsupported` naming the HF option our ViT cannot express."""
+    :func:`~d2v_plugin.hf.common.refused_on_import` naming the HF option our ViT cannot express."""
     image_size, patch_size = config.image_size, config.patch_size
     for name, value in (("image_size", image_size), ("patch_size", patch_size)):
         if isinstance(value, (list, tuple)):
             if len(set(value)) != 1:
-                raise unsupported(f"config.{name}", list(value), "data2vec_image takes square images and patches")
+                raise refused_on_import("data2vec_image", name, list(value), "it takes square images and patches")
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
     patch_size = patch_size[0] if isinstance(patch_size, (list, tuple)) else patch_size
     checks = (
@@ -286,13 +271,13 @@ def model_options(config) -> dict:
     )
     for name, value, supported, why in checks:
         if value != supported:
-            raise unsupported(f"config.{name}", value, why)
+            raise refused_on_import("data2vec_image", name, value, why)
     if config.hidden_size % config.num_attention_heads:
-        raise unsupported("config.num_attention_heads", config.num_attention_heads,
+        raise refused_on_import("data2vec_image", "num_attention_heads", config.num_attention_heads,
                           f"hidden_size={config.hidden_size} is not a multiple of it")
     mlp_ratio = config.intermediate_size / config.hidden_size
     if int(config.hidden_size * mlp_ratio) != config.intermediate_size:
-        raise unsupported("config.intermediate_size", config.intermediate_size,
+        raise refused_on_import("data2vec_image", "intermediate_size", config.intermediate_size,
                           "not int(hidden_size * r) for any float r: data2vec_image sizes its MLP by a ratio")
     # Masking and targets are pre-training only and HF does not say them: the paper's shares (120 of 196
     # patches masked, the top 6 of 12 blocks averaged), so that a small model still passes our config checks.
@@ -342,9 +327,7 @@ def _hf_encoder_state(hf_dir: Path, config) -> Dict[str, torch.Tensor]:
     """The Data2VecVisionModel weights in ``hf_dir`` (of a base model or an ...ForImageClassification one)."""
     from transformers import Data2VecVisionModel
 
-    # use_kernels=False: transformers 5 otherwise asks for the optional `kernels` package, which we do not need
-    model, info = Data2VecVisionModel.from_pretrained(str(hf_dir), config=config, output_loading_info=True,
-                                                      use_kernels=False)
+    model, info = Data2VecVisionModel.from_pretrained(str(hf_dir), config=config, output_loading_info=True)
     if info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
         raise HFConversionError(f"{hf_dir}: the weights lack {len(missing)} encoder parameter(s): "
@@ -366,7 +349,7 @@ def import_(hf_dir: Path, out_path: Path) -> Path:
     config = AutoConfig.from_pretrained(str(hf_dir))
     model_cfg = full_model_config(model_options(config))
     hf_state = _hf_encoder_state(hf_dir, config)
-    student = rename(hf_state, _inverse(ENCODER_KEY_MAP), f"{hf_dir} (Data2VecVisionModel)")
+    student = rename(hf_state, invert_key_map(ENCODER_KEY_MAP), f"{hf_dir} (Data2VecVisionModel)")
     with torch.random.fork_rng(devices=[]):  # fresh parts are reproducible; the global generator is left alone
         torch.manual_seed(model_cfg["seed"])
         model = Data2VecImageModel.build_model(config_from_pretrained(Data2VecImageConfig, model_cfg))

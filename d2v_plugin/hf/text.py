@@ -51,7 +51,8 @@ from fairseq import utils as fairseq_utils
 from fairseq.data import Dictionary
 
 from d2v_plugin.core.finetune import dictionary_digest
-from d2v_plugin.hf.common import HFConversionError, plain_config, rename, unsupported, write_checkpoint, write_hf_dir
+from d2v_plugin.hf.common import (HFConversionError, plain_config, refused_on_import, rename, unsupported,
+                                  write_checkpoint, write_hf_dir)
 
 logger = logging.getLogger(__name__)
 
@@ -585,7 +586,8 @@ def our_config_values(config) -> dict:
 def check_hf_options(config) -> None:
     """Refuse HF options our data2vec_text encoder cannot express."""
     if config.hidden_act not in dict(HF_ACTIVATIONS):
-        raise unsupported("hidden_act", config.hidden_act, f"our encoder has {', '.join(dict(HF_ACTIVATIONS))}")
+        raise refused_on_import("data2vec_text", "hidden_act", config.hidden_act,
+                                f"our encoder has {', '.join(dict(HF_ACTIVATIONS))}")
     refused = (
         ("layer_norm_eps", config.layer_norm_eps, FAIRSEQ_LAYER_NORM_EPS, "fairseq's layer norms use 1e-5"),
         ("pad_token_id", config.pad_token_id, FAIRSEQ_PAD,
@@ -599,7 +601,7 @@ def check_hf_options(config) -> None:
     )
     for option, value, expressible, why in refused:
         if value != expressible:
-            raise unsupported(option, value, why)
+            raise refused_on_import("data2vec_text", option, value, why)
 
 
 def read_hf_weights(hf_dir: Path) -> Dict[str, torch.Tensor]:

@@ -287,7 +287,7 @@ def test_import_refuses_option(option, value):
     from transformers import Data2VecTextConfig
 
     config = Data2VecTextConfig(**dict(dict(layer_norm_eps=1e-5, type_vocab_size=1), **{option: value}))
-    with pytest.raises(HFConversionError, match=rf"^{option}={value}: cannot be expressed"):
+    with pytest.raises(HFConversionError, match=rf"^config.json {option}={value}: our data2vec_text cannot express"):
         hf_text.our_config_values(config)
 
 

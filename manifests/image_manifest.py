@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from d2v_plugin.image.transforms import to_rgb
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 LABELS_FILE = "labels.txt"  # the name d2v_plugin.image.dataset reads
 
@@ -51,6 +53,7 @@ def check_image(path: str) -> Optional[str]:
             img.load()
             if img.width == 0 or img.height == 0:
                 return "image has zero width or height"
+            to_rgb(img)  # what training does with it: refuses float images, scales 16-bit grey
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
         return f"cannot decode: {type(e).__name__}: {e}"
     return None

@@ -22,6 +22,7 @@ from torch import Tensor
 from fairseq.data import FairseqDataset
 
 from d2v_plugin.core.errors import ManifestError
+from d2v_plugin.image.transforms import to_rgb
 
 LABELS_FILE = "labels.txt"
 
@@ -109,7 +110,7 @@ class ImageDataset(FairseqDataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         try:
             with Image.open(path) as f:
-                img = f.convert("RGB")  # decodes the whole file
+                img = to_rgb(f)  # decodes the whole file; 16-bit grey is scaled, not clipped
         except Exception as e:  # PIL raises many types; report any with the manifest line (main process)
             return {"id": index, "error": f"{self.manifest}:{row.line_no}: cannot read image {path}: "
                                           f"{type(e).__name__}: {e}"}

@@ -75,8 +75,25 @@ def to_normalized_tensor(x: np.ndarray, mean: Sequence[float], std: Sequence[flo
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB for any image PIL opens, scaling 16-bit grey to 8 bits instead of clipping it.
+
+    PIL opens a 16-bit greyscale PNG (or TIFF) as mode ``I;16*`` or ``I`` (values 0..65535), and its
+    ``convert("RGB")`` clips every value above 255 to 255: a normal 16-bit photo comes out white. Those modes
+    are mapped here by 255/65535 (``I`` is read as 16-bit, which is what PIL makes it from image files).
+    Float images (mode ``F``) have no agreed range: refused. 16-bit RGB PNGs PIL already loads as 8-bit RGB.
+    Always a new, loaded image (also for RGB input), so the file it came from may be closed.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        raise ValueError("a floating-point image (PIL mode F) has no agreed value range; save it as 8- or 16-bit")
+    return img.convert("RGB")
+
+
 def _as_float(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(to_rgb(img), dtype=np.float32) / 255.0
 
 
 class TrainTransform:
@@ -95,7 +112,7 @@ class TrainTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> Tensor:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         if self.jitter > 0:
             # jitter on the full image (before the crop), in 8-bit like the source
             x = color_jitter(_as_float(img), self.jitter, rng)
@@ -119,7 +136,7 @@ class EvalTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator = None) -> Tensor:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         short = max(self.size, int(round(self.size / self.crop_ratio)))
         scale = short / min(img.width, img.height)
         w, h = max(short, round(img.width * scale)), max(short, round(img.height * scale))

@@ -13,6 +13,7 @@ from d2v_plugin.image.transforms import (
     TrainTransform,
     color_jitter,
     random_resized_crop_box,
+    to_rgb,
 )
 from d2v_plugin.core.masking import block_mask_2d
 
@@ -192,3 +193,26 @@ def test_empty_image_file_and_missing_labels_fail_clearly(image_dir):
         ImageDataset(manifest, EvalTransform(16))
     with pytest.raises(ManifestError, match="labels.txt: labels file not found"):
         read_labels(str(image_dir / "images"))
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped(image_dir):
+    """A 16-bit greyscale PNG (PIL mode I;16 / I) reads as its 8-bit equivalent, not as white."""
+    grey16 = np.full((24, 24), 30000, dtype=np.uint16)
+    grey16[:, :12] = 65535
+    Image.fromarray(grey16).save(image_dir / "images" / "cat" / "deep.png")
+    with Image.open(image_dir / "images" / "cat" / "deep.png") as f:
+        assert f.mode in ("I;16", "I")  # what PIL makes of it, which convert("RGB") clips to 255
+    manifest = write_manifest(image_dir / "man" / "train.tsv", image_dir / "images", ["cat/deep.png"])
+    source = ImageDataset(manifest, EvalTransform(24, crop_ratio=1.0, mean=(0, 0, 0), std=(1, 1, 1)))[0]["source"]
+    assert source.shape == (3, 24, 24)
+    assert torch.allclose(source[:, :, 20], torch.tensor(round(30000 * 255 / 65535) / 255.0))
+    assert torch.allclose(source[:, :, 3], torch.tensor(1.0))
+
+
+def test_float_images_are_refused_with_the_reason(tmp_path):
+    from manifests.image_manifest import check_image
+
+    with pytest.raises(ValueError, match="floating-point image"):
+        to_rgb(Image.fromarray(np.zeros((4, 4), dtype=np.float32)))
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "f.tiff")
+    assert "floating-point image" in check_image(str(tmp_path / "f.tiff"))

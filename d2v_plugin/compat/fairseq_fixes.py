@@ -11,15 +11,18 @@ only ``d2v-hydra-train`` needs it, and it applies it itself (d2v_plugin/compat/l
 
 import functools
 import logging
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
 
+from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 from fairseq.data.audio import raw_audio_dataset
+from fairseq.file_io import PathManager
 
 from d2v_plugin.audio.manifest import read_manifest
 from d2v_plugin.core.errors import ManifestError
+from d2v_plugin.core.finetune import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,21 @@ def _patch_raw_audio_crops():
     cls._d2v_seeded_crops = True
 
 
+def _patch_checkpoint_loading():
+    if getattr(checkpoint_utils.load_checkpoint_to_cpu, "_d2v_weights_only", False):
+        return
+    original = checkpoint_utils.load_checkpoint_to_cpu
+
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        # fairseq's version: fetch remote files through PathManager, then a plain torch.load
+        local_path = PathManager.get_local_path(path)
+        return load_checkpoint(local_path, option=None, arg_overrides=arg_overrides)
+
+    load_checkpoint_to_cpu._d2v_weights_only = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
 # name -> (what it fixes, the function that applies it); the README lists the same names.
 FIXES: Dict[str, tuple] = {
     "audio_manifest_rows": (
@@ -109,6 +127,13 @@ FIXES: Dict[str, tuple] = {
         "RawAudioDataset.collater crops clips with NumPy's unseeded global generator, so a resumed run crops "
         "differently; each batch's crops are seeded from the epoch and its sample ids",
         _patch_raw_audio_crops),
+    "weights_only_checkpoints": (
+        "checkpoint_utils.load_checkpoint_to_cpu (resuming, fairseq-generate --path, model.w2v_path, "
+        "load_model_ensemble) calls torch.load without weights_only, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "
+        "turns code execution from a checkpoint back on, and a damaged file fails without its name; it loads "
+        "with an explicit weights_only=True and names a refused file and the intact checkpoints beside it "
+        "(d2v_plugin.core.finetune.load_checkpoint)",
+        _patch_checkpoint_loading),
 }
 
 _applied = False

@@ -21,42 +21,75 @@ import hashlib
 import logging
 import os
 import pickle
-from typing import Any, Optional, Sequence, Tuple, Union
-from zipfile import BadZipFile
+from typing import Any, List, Optional, Sequence, Tuple, Union
+from zipfile import BadZipFile, ZipFile
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fairseq.checkpoint_utils import _upgrade_state_dict
+from fairseq.dataclass.utils import overwrite_args_by_name
 
 logger = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str, option: str = "model.model_path") -> dict:
+def load_checkpoint(path: str, option: Optional[str] = "model.model_path",
+                    arg_overrides: Optional[dict] = None) -> dict:
     """A fairseq checkpoint as ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` returns it, loaded safely.
 
     ``torch.load(weights_only=True)`` is passed explicitly: only tensors and plain containers are
     unpickled, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which overrides torch's *default* only) cannot
-    turn code execution back on. Then fairseq's upgrade: ``cfg`` becomes an OmegaConf object and old
-    layouts are upgraded (``_upgrade_state_dict``). ``option`` names the setting in errors.
+    turn code execution back on. Then what fairseq does: ``arg_overrides`` are applied, ``cfg`` becomes an
+    OmegaConf object and old layouts are upgraded (``_upgrade_state_dict``). ``option`` names the setting in
+    errors (None: the path alone). A file torch refuses is named, with the checkpoints beside it that look
+    intact (:func:`intact_neighbours`), so a run whose ``checkpoint_last.pt`` was cut short by a full disk or
+    a kill can be pointed at the newest good one.
     """
+    where = f"{option}={path}" if option else str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}={path}: no such checkpoint")
+        raise FileNotFoundError(f"{where}: no such checkpoint")
     try:
         with open(path, "rb") as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, BadZipFile, ValueError) as e:
-        raise ValueError(f"{option}={path}: torch refuses to load it as a checkpoint of weights only "
+        others = intact_neighbours(path)
+        hint = (f"; checkpoints beside it that look intact: {', '.join(others)} (resume from one with "
+                f"checkpoint.restore_file=PATH, or move the damaged file away)") if others else ""
+        raise ValueError(f"{where}: torch refuses to load it as a checkpoint of weights only "
                          f"(a truncated or corrupt file, or one holding arbitrary Python objects): "
-                         f"{type(e).__name__}: {e}") from e
+                         f"{type(e).__name__}: {e}{hint}") from e
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{option}={path}: not a fairseq checkpoint (no 'model' entry)")
+        raise ValueError(f"{where}: not a fairseq checkpoint (no 'model' entry)")
+    if arg_overrides and state.get("args") is not None:  # pre-hydra checkpoints, as fairseq handles them
+        for name, value in arg_overrides.items():
+            setattr(state["args"], name, value)
     if state.get("cfg") is not None:
         state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})  # as fairseq does
+        if arg_overrides:
+            overwrite_args_by_name(state["cfg"], arg_overrides)
     try:
         return _upgrade_state_dict(state)
     except KeyError as e:  # what fairseq's upgrade needs of a checkpoint's layout is missing
-        raise ValueError(f"{option}={path}: not a fairseq checkpoint (missing {e})") from e
+        raise ValueError(f"{where}: not a fairseq checkpoint (missing {e})") from e
+
+
+def intact_neighbours(path: str) -> List[str]:
+    """The other ``*.pt`` files in ``path``'s folder whose zip directory reads (newest first).
+
+    torch saves checkpoints as zip archives whose directory is at the end of the file, so a file cut short
+    fails this check without being read in full; it does not prove the tensors inside are undamaged.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    found = []
+    for name in os.listdir(folder):
+        other = os.path.join(folder, name)
+        if name.endswith(".pt") and os.path.abspath(other) != os.path.abspath(path) and os.path.isfile(other):
+            try:
+                with ZipFile(other):
+                    found.append(other)
+            except (BadZipFile, OSError):
+                pass
+    return sorted(found, key=os.path.getmtime, reverse=True)
 
 
 def remember_in_run_config(cfg, key: str, value) -> None:

@@ -89,6 +89,37 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch, force
     assert marker.exists()
 
 
+@pytest.mark.parametrize("force_unsafe", [False, True])
+def test_fairseqs_own_loader_refuses_it_too(tmp_path, monkeypatch, force_unsafe):
+    """fairseq's load_checkpoint_to_cpu (resume, fairseq-generate --path, w2v_path) goes through ours."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"model": {}, "cfg": Payload(marker)}, path)
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match=f"^{path}: torch refuses"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_names_the_intact_ones_beside_it(tmp_path):
+    image_checkpoint(tmp_path / "checkpoint_best.pt")
+    data = (tmp_path / "checkpoint_best.pt").read_bytes()
+    (tmp_path / "checkpoint_last.pt").write_bytes(data[: len(data) - 100])  # cut short by a kill or a full disk
+    (tmp_path / "checkpoint_2_100.pt").write_bytes(data[:1000])
+    with pytest.raises(ValueError) as e:
+        checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_last.pt"))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'checkpoint_last.pt'}: torch refuses")
+    assert f"look intact: {tmp_path / 'checkpoint_best.pt'} (resume from one with checkpoint.restore_file" in message
+    assert "checkpoint_2_100.pt" not in message
+
+
+def test_fairseqs_loader_applies_arg_overrides(tmp_path):
+    image_checkpoint(tmp_path / "pre.pt")
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "pre.pt"), {"drop_path": 0.25})
+    assert state["cfg"].model.drop_path == 0.25
+
+
 @pytest.mark.parametrize("damage", ["truncated", "text"])
 def test_damaged_checkpoint_is_a_value_error_naming_it(tmp_path, damage):
     path = tmp_path / "pre.pt"

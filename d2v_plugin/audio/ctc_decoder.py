@@ -169,6 +169,13 @@ class CtcDecoder:
         # generate.py strips these from printed strings
         self.symbols_to_strip_from_output = {tgt_dict.bos(), tgt_dict.eos(), tgt_dict.pad()}
 
+    def description(self) -> str:
+        """Which decoder runs, for the log (fairseq-generate's own score line only says ``beam=N``)."""
+        if self.cfg.ctc_decoder == "viterbi":
+            return "viterbi (greedy: best token per frame, repeats and blanks removed)"
+        lm = f"KenLM {self.cfg.ctc_kenlm_model}" if self.lm is not None else "no language model"
+        return f"prefix beam search (beam {self.beam}, {lm})"
+
     @torch.no_grad()
     def emissions(self, models, sample) -> Tuple[Tensor, Tensor]:
         """Mean log-probabilities of the ensemble ``(B, T, V)`` and frame counts ``(B,)``."""

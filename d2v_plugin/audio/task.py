@@ -19,11 +19,12 @@ What it adds to ``audio_finetuning`` (everything else, data loading and batching
 
 import contextlib
 import copy
+import logging
 import os
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional
 
-from omegaconf import II, DictConfig, open_dict
+from omegaconf import II, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from fairseq.data import Dictionary
@@ -33,6 +34,9 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from d2v_plugin.audio.ctc_decoder import CtcDecoder, CtcDecoderConfig
 from d2v_plugin.audio.manifest import read_manifest
 from d2v_plugin.core.errors import ManifestError
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,5 +154,15 @@ class AudioCtcTask(AudioFinetuningTask):
 
     # -- decoding --------------------------------------------------------------------------------
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
-        return CtcDecoder(self.cfg, self.target_dictionary, beam=getattr(args, "beam", 5),
-                          nbest=getattr(args, "nbest", 1))
+        decoder = CtcDecoder(self.cfg, self.target_dictionary, beam=getattr(args, "beam", 5),
+                             nbest=getattr(args, "nbest", 1))
+        if self.cfg.ctc_decoder == "viterbi" and getattr(args, "beam", None) not in (None, 1):
+            # fairseq-generate labels its score line "with beam={generation.beam}" (default 5): greedy
+            # decoding is beam 1, so say so there instead of a beam that never ran
+            if OmegaConf.is_config(args):
+                with open_dict(args):
+                    args.beam = 1
+            else:
+                args.beam = 1
+        logger.info(f"audio_ctc: decoding with {decoder.description()}")
+        return decoder

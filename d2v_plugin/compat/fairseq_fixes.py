@@ -11,11 +11,18 @@ only ``d2v-hydra-train`` needs it, and it applies it itself (d2v_plugin/compat/l
 
 import functools
 import logging
+import os
+import shutil
+import tempfile
+from argparse import Namespace
 from typing import Dict
 
 import numpy as np
 
+from omegaconf import open_dict
+
 from fairseq import checkpoint_utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.data import data_utils
 from fairseq.data.audio import raw_audio_dataset
 from fairseq.file_io import PathManager
@@ -111,6 +118,40 @@ def _patch_checkpoint_loading():
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 
+def _patch_generate_results():
+    from fairseq_cli import generate
+
+    if getattr(generate.main, "_d2v_replaces_results", False):
+        return
+    original = generate.main
+
+    @functools.wraps(original)
+    def main(cfg):
+        if isinstance(cfg, Namespace):
+            cfg = convert_namespace_to_omegaconf(cfg)
+        results = cfg.common_eval.results_path
+        if results is None:
+            return original(cfg)
+        # fairseq opens RESULTS/generate-SUBSET.txt for writing before anything can fail: decode into a
+        # folder beside it and move the file into place only when decoding finished
+        os.makedirs(results, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".generate-", dir=results)
+        name = f"generate-{cfg.dataset.gen_subset}.txt"
+        try:
+            with open_dict(cfg):
+                cfg.common_eval.results_path = scratch
+            result = original(cfg)
+            os.replace(os.path.join(scratch, name), os.path.join(results, name))
+            return result
+        finally:
+            with open_dict(cfg):
+                cfg.common_eval.results_path = results
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    main._d2v_replaces_results = True
+    generate.main = main
+
+
 # name -> (what it fixes, the function that applies it); the README lists the same names.
 FIXES: Dict[str, tuple] = {
     "audio_manifest_rows": (
@@ -134,6 +175,10 @@ FIXES: Dict[str, tuple] = {
         "with an explicit weights_only=True and names a refused file and the intact checkpoints beside it "
         "(d2v_plugin.core.finetune.load_checkpoint)",
         _patch_checkpoint_loading),
+    "generate_keeps_results": (
+        "fairseq-generate empties RESULTS/generate-SUBSET.txt before decoding, so a run that fails (a missing "
+        "KenLM, a bad option) destroys the previous results; it now writes beside it and renames on success",
+        _patch_generate_results),
 }
 
 _applied = False

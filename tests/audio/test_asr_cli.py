@@ -70,6 +70,23 @@ def test_generate_decodes_every_utterance(speech_data, finetuned, tmp_path):
     assert set(hyps) == {i for i, _ in refs}
     beam = generate(speech_data, ckpt_dir / "checkpoint_best.pt", "--ctc-decoder", "beam", "--beam", 8)
     assert wer_line(beam)[2] == rows
+    # the score line names the search that ran: greedy is beam 1, not fairseq's default label beam=5
+    assert "Generate test with beam=1: WER" in text and "Generate test with beam=8: WER" in beam
+
+
+def test_a_failed_generate_keeps_the_previous_results(speech_data, finetuned, tmp_path):
+    ckpt_dir, _ = finetuned
+    first = generate(speech_data, ckpt_dir / "checkpoint_best.pt", "--results-path", tmp_path)
+    proc = run([BIN / "fairseq-generate", speech_data, "--user-dir", USER_DIR, "--task", "audio_ctc", "--path",
+                ckpt_dir / "checkpoint_best.pt", "--gen-subset", "test", "--labels", "ltr", "--max-tokens", 400000,
+                "--results-path", tmp_path, "--ctc-kenlm-model", tmp_path / "lm.bin"], check=False)
+    assert proc.returncode != 0 and "task.ctc_kenlm_model is used by beam search" in proc.stderr
+    assert (tmp_path / "generate-test.txt").read_text() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["generate-test.txt"]  # no scratch folder left behind
+    assert "audio_ctc: decoding with viterbi (greedy" in run(
+        [BIN / "fairseq-generate", speech_data, "--user-dir", USER_DIR, "--task", "audio_ctc", "--path",
+         ckpt_dir / "checkpoint_best.pt", "--gen-subset", "test", "--labels", "ltr", "--max-tokens", 400000,
+         "--results-path", tmp_path]).stderr
 
 
 def test_recipe_learns_the_letters_from_random_init(speech_data, pretrained, tmp_path):

@@ -1,8 +1,8 @@
 """Turn a folder of audio into fairseq's wav2vec-style manifests ``train.tsv`` / ``valid.tsv``.
 
 The first line of a manifest is the absolute root folder, then one ``relative/path<TAB>num_frames``
-line per file. Every file is checked first: unreadable or corrupt, empty, not at ``--sample-rate`` or
-not mono files are listed on stderr as ``error: PATH: REASON`` and nothing is written (exit status 2);
+line per file. Every file is checked first: unreadable or corrupt, empty, not at ``--sample-rate``, not
+mono, or floating-point files holding a NaN/infinite sample (read in full; integer files cannot) are listed on stderr as ``error: PATH: REASON`` and nothing is written (exit status 2);
 ``--skip-bad`` leaves them out instead and reports how many. Both manifests are written to temporary
 files and renamed into place only when both are complete, so existing manifests are never half-replaced.
 
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import soundfile as sf
 
 CHECK_FRAMES = 1024  # frames decoded at each end of a file to catch corrupt or truncated data cheaply
@@ -44,6 +45,9 @@ def check_audio(path: Path, sample_rate: int) -> Tuple[Optional[int], Optional[s
                 tail = head
         if len(head) == 0 or len(tail) == 0:
             return None, f"header promises {info.frames} frames but no audio could be decoded (truncated?)"
+        bad = first_non_finite(path, info.subtype)
+        if bad is not None:
+            return None, f"sample {bad} is NaN or infinite (float audio): it would make training diverge"
     except Exception as e:  # libsndfile and the OS raise assorted types; any of them makes the file unusable
         return None, f"cannot decode audio: {e}"
     if info.samplerate != sample_rate:
@@ -91,12 +95,38 @@ def write_atomically(files: Dict[Path, str]) -> None:
                 tmp.unlink()
 
 
+def first_non_finite(path: Path, subtype: str, block: int = 1 << 20) -> Optional[int]:
+    """Index of the first NaN/inf sample of a floating-point file, else None.
+
+    Only FLOAT/DOUBLE encodings can hold them (PCM and FLAC are integers), so only those files are read in
+    full; for the usual 16-bit corpora this costs nothing.
+    """
+    if subtype not in ("FLOAT", "DOUBLE"):
+        return None
+    offset = 0
+    for chunk in sf.blocks(str(path), blocksize=block, dtype="float64" if subtype == "DOUBLE" else "float32"):
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            return offset + int(np.argmin(finite.reshape(len(chunk), -1).all(axis=1)))
+        offset += len(chunk)
+    return None
+
+
 def split_rows(rows: List[Tuple[str, int]], valid_percent: float,
                seed: int) -> Tuple[List[Tuple[str, int]], List[Tuple[str, int]]]:
-    """(train, valid), each sorted; valid gets round(len(rows) * valid_percent) rows chosen by ``seed``."""
+    """(train, valid), each sorted; valid gets round(len(rows) * valid_percent) rows chosen by ``seed``,
+    at least one when ``valid_percent > 0`` (a small folder would otherwise get an empty valid.tsv, on which
+    fairseq's training fails later with a misleading "dataset is empty" message)."""
     shuffled = sorted(rows)  # sort first: the split must not depend on the order files were found in
     random.Random(seed).shuffle(shuffled)
     n_valid = int(round(len(shuffled) * valid_percent))
+    if valid_percent > 0 and n_valid == 0:
+        n_valid = 1
+        print(f"note: --valid-percent {valid_percent} of {len(rows)} files rounds to 0; using 1 validation file",
+              file=sys.stderr)
+    if valid_percent > 0 and n_valid >= len(shuffled):
+        raise ManifestInputError(f"--valid-percent {valid_percent} leaves no training files out of {len(rows)}; "
+                                 "lower it or add files")
     return sorted(shuffled[n_valid:]), sorted(shuffled[:n_valid])
 
 

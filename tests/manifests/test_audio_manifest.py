@@ -32,6 +32,10 @@ def make_bad(kind: str, path: Path) -> None:
         tone(path, sr=8000)
     elif kind == "stereo":
         tone(path, channels=2)
+    elif kind == "nan":  # float wav, one NaN deep inside (not in the first or last 1024 frames)
+        x = np.zeros(16000, dtype=np.float32)
+        x[7777] = np.nan
+        sf.write(str(path), x, 16000, subtype="FLOAT")
     else:
         raise ValueError(kind)
 
@@ -104,7 +108,8 @@ def test_path_must_contain_and_train_name(folder, tmp_path):
 
 
 @pytest.mark.parametrize("kind,reason", [("corrupt", "cannot decode"), ("empty", "empty file"),
-                                         ("8khz", "sample rate 8000 Hz"), ("stereo", "2 channels")])
+                                         ("8khz", "sample rate 8000 Hz"), ("stereo", "2 channels"),
+                                         ("nan", "sample 7777 is NaN or infinite")])
 def test_bad_file_is_named_and_nothing_is_written(folder, tmp_path, kind, reason):
     bad = folder / "spk0" / f"bad_{kind}.wav"
     make_bad(kind, bad)
@@ -153,3 +158,16 @@ def test_no_audio_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "--dest", str(tmp_path / "m")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_small_folder_still_gets_a_validation_file(tmp_path):
+    """--valid-percent 0.01 of 30 clips rounds to 0 files: one is taken (and said), never an empty valid.tsv."""
+    for i in range(30):
+        tone(tmp_path / "clips" / f"c{i:02d}.wav")
+    proc = cli(tmp_path / "clips", "--dest", tmp_path / "m", "--valid-percent", 0.01)
+    assert proc.returncode == 0, proc.stderr
+    assert "rounds to 0; using 1 validation file" in proc.stderr
+    assert len(read(tmp_path / "m" / "valid.tsv")[1]) == 1 and len(read(tmp_path / "m" / "train.tsv")[1]) == 29
+    tone(tmp_path / "one" / "only.wav")
+    proc = cli(tmp_path / "one", "--dest", tmp_path / "m1", "--valid-percent", 0.5)
+    assert proc.returncode == 2 and "leaves no training files out of 1" in proc.stderr

@@ -47,6 +47,12 @@ def _patch_file_audio_dataset():
         # fairseq drops rows shorter than min_sample_size; keep the line number of each kept row.
         min_size = kwargs.get("min_sample_size", args[1] if len(args) > 1 else 0) or 0
         self._d2v_rows = [(manifest_path, line_no) for line_no, _, n in rows if n >= min_size]
+        short = [row for row in rows if row.frames < min_size]
+        if short:  # fairseq only logs an INFO count; a user whose clips are all short sees an "empty dataset"
+            examples = ", ".join(f"{manifest_path}:{r.line_no} {r.path} ({r.frames} samples)" for r in short[:3])
+            logger.warning(f"{manifest_path}: {len(short)} of {len(rows)} clips are shorter than task.min_sample_size="
+                           f"{min_size} samples and are left out (lower task.min_sample_size to keep them): "
+                           f"{examples}{' ...' if len(short) > 3 else ''}")
 
     @functools.wraps(original_getitem)
     def __getitem__(self, index):
@@ -192,4 +198,5 @@ def apply() -> None:
     for _, patch in FIXES.values():
         patch()
     _applied = True
-    logger.info("d2v_plugin: applied fixes to fairseq 0.12: " + ", ".join(FIXES) + " (d2v_plugin/compat/fairseq_fixes.py)")
+    logger.info("d2v_plugin: applied fixes to fairseq 0.12: " + ", ".join(FIXES)
+                + " (d2v_plugin/compat/fairseq_fixes.py)")

@@ -43,6 +43,20 @@ def test_unreadable_audio_names_the_row_and_keeps_the_cause(tmp_path):
     assert e.value.__cause__ is not None  # the soundfile error is chained, not hidden
 
 
+def test_clips_below_min_sample_size_are_a_warning_naming_them_and_the_option(tmp_path, caplog):
+    from fairseq.data.audio.raw_audio_dataset import FileAudioDataset
+
+    for name, n in (("long.wav", 8000), ("short.wav", 1000)):
+        sf.write(tmp_path / name, np.zeros(n, dtype=np.float32), 16000)
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{tmp_path}\nlong.wav\t8000\nshort.wav\t1000\n")
+    with caplog.at_level("WARNING", logger="d2v_plugin.compat.fairseq_fixes"):
+        dataset = FileAudioDataset(str(manifest), sample_rate=16000, min_sample_size=4000)
+    assert len(dataset) == 1
+    assert (f"1 of 2 clips are shorter than task.min_sample_size=4000 samples and are left out (lower "
+            f"task.min_sample_size to keep them): {manifest}:3 short.wav (1000 samples)") in caplog.text
+
+
 PROBE = """
 import ctypes, torch
 import d2v_plugin

@@ -34,11 +34,13 @@ def speech_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pretrained(speech_data, tmp_path_factory):
-    """A tiny data2vec_audio pre-trained for PRETRAIN_UPDATES updates: (checkpoint dir, CLI output)."""
+    """A tiny data2vec_audio pre-trained for PRETRAIN_UPDATES updates: (checkpoint dir, CLI output).
+
+    Its TensorBoard curves are in the checkpoint dir's sibling ``tb/``."""
     out = tmp_path_factory.mktemp("pretrain")
     proc = hydra_train("examples/audio/pretraining", "tiny_cpu", out / "run",
                        [f"task.data={speech_data}", f"checkpoint.save_dir={out / 'ckpt'}",
-                        f"optimization.max_update={PRETRAIN_UPDATES}"])
+                        f"optimization.max_update={PRETRAIN_UPDATES}", f"common.tensorboard_logdir={out / 'tb'}"])
     return out / "ckpt", proc.stdout + proc.stderr
 
 

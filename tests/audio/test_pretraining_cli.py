@@ -35,6 +35,36 @@ def test_pretraining_learns_and_logs_variances(pretrained):
     assert json_logs(output, "valid"), "validation did not run"
 
 
+def tensorboard_scalars(logdir) -> dict:
+    """``{run/tag: [(step, value), ...]}`` read back from tensorboardX event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4  # length, its CRC, the record, its CRC
+            for value in event.summary.value:
+                scalars.setdefault(f"{path.parent.name}/{value.tag}", []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_curves_hold_the_metrics_that_matter(pretrained):
+    """common.tensorboard_logdir works out of the box (tensorboardX is installed by the set-up command)."""
+    ckpt_dir, _ = pretrained
+    scalars = tensorboard_scalars(ckpt_dir.parent / "tb")
+    for tag in ("loss", "target_var", "pred_var", "ema_decay", "feature_var"):
+        curve = scalars.get(f"train_inner/{tag}")
+        assert curve and len(curve) >= 10, sorted(scalars)
+    steps = [step for step, _ in scalars["train_inner/loss"]]
+    assert steps == sorted(steps) and steps[-1] >= 280
+    assert "valid/loss" in scalars
+
+
 def test_checkpoints_load_with_weights_only(pretrained):
     ckpt_dir, _ = pretrained
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):

@@ -37,6 +37,8 @@ setup(
             "d2v-toy-images=manifests.toy_images:main",
             "d2v-export-hf=d2v_plugin.hf.cli:export_main",
             "d2v-import-hf=d2v_plugin.hf.cli:import_main",
+            "d2v-extract=d2v_plugin.inference.extract:main",
+            "d2v-transcribe=d2v_plugin.inference.transcribe:main",
         ]
     },
 )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 
+from d2v_plugin.core.validation import validate
+
 
 @dataclass
 class Data2VecAudioCtcConfig(Wav2Vec2CtcConfig):
@@ -26,3 +28,8 @@ class Data2VecAudioCtcConfig(Wav2Vec2CtcConfig):
 @register_model("data2vec_audio_ctc", dataclass=Data2VecAudioCtcConfig)
 class Data2VecAudioCtc(Wav2VecCtc):
     """CTC head on a pre-trained ``data2vec_audio`` encoder. Output: ``encoder_out (T, B, V)`` logits."""
+
+    @classmethod
+    def build_model(cls, cfg: Data2VecAudioCtcConfig, task):
+        validate(cfg, "data2vec_audio_ctc")  # option ranges and the run's (d2v_plugin/core/validation.py)
+        return super().build_model(cfg, task)

@@ -21,6 +21,7 @@ from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig, ModelMaskedC
 from d2v_plugin.audio.front_end import ConvFrontEnd
 from d2v_plugin.core.masking import channel_mask, span_mask
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
+from d2v_plugin.core.validation import validate
 
 
 @dataclass
@@ -57,9 +58,7 @@ class Data2VecAudioConfig(Wav2Vec2Config, Data2VecConfig, Data2Vec2Config, Model
 class Data2VecAudioModel(ConvFrontEnd, TeacherStudentMixin, BaseFairseqModel):
     def __init__(self, cfg: Data2VecAudioConfig):
         super().__init__()
-        if not 0 < cfg.average_top_k_layers <= cfg.encoder_layers:
-            raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in "
-                             f"1..encoder_layers ({cfg.encoder_layers})")
+        validate(cfg, "data2vec_audio", version=1)  # every option's range (d2v_plugin/core/validation.py)
         self.cfg = cfg
         self.build_front_end(cfg)
         self.dropout_input = nn.Dropout(cfg.dropout_input)

@@ -17,7 +17,6 @@ their residual (:mod:`d2v_plugin.core.block`).
 
 from typing import List, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +28,7 @@ from d2v_plugin.core.alibi import AlibiBias
 from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
 from d2v_plugin.core.masking import channel_mask, span_mask
 from d2v_plugin.core.teacher_student import Views
+from d2v_plugin.core.validation import validate
 
 
 class ConvPositions(nn.Module):
@@ -58,6 +58,7 @@ class Data2Vec2AudioModel(ConvFrontEnd, Data2Vec2Mixin, BaseFairseqModel):
 
     def __init__(self, cfg):
         super().__init__()
+        validate(cfg, "data2vec_audio", version=2)  # every option's range (d2v_plugin/core/validation.py)
         self.cfg = cfg
         self.build_front_end(cfg)
         dim = cfg.encoder_embed_dim

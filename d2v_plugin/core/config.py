@@ -39,16 +39,26 @@ class Data2VecConfig(TargetConfig):
                           "gradients only through what it learns to read out (why: "
                           "TeacherStudentMixin.init_regression_head); off: fairseq's reference init"},
     )
-    # -- collapse guard ------------------------------------------------------------------------
+    # -- collapse guard (applied by the data2vec criterion: d2v_plugin/core/criterion.py, CollapseGuard) ------
     min_target_var: float = field(
-        default=0.1, metadata={"help": "stop training when the target std (target_var) falls below this"}
+        default=0.1, metadata={"help": "collapse guard: the target std (target_var) must stay at or above this; "
+                                       "0 turns its check off"}
     )
     min_pred_var: float = field(
-        default=0.01, metadata={"help": "stop training when the prediction std (pred_var) falls below this"}
+        default=0.01, metadata={"help": "collapse guard: the prediction std (pred_var) must stay at or above this; "
+                                        "0 turns its check off. With zero_init_regression_head it is checked only "
+                                        "once it has reached this value (a zero head starts at 0)"}
     )
-    var_check_start_update: int = field(
-        default=5000,
-        metadata={"help": "check min_target_var/min_pred_var only after this many updates"},
+    var_check_start_update: Optional[int] = field(
+        default=None,
+        metadata={"help": "collapse guard: first update at which target_var/pred_var are checked; None: a tenth of "
+                          "ema_anneal_end_step, at least 50 and at most 5000 (fairseq's fixed start), so tiny "
+                          "runs are checked too"},
+    )
+    var_check_patience: int = field(
+        default=10,
+        metadata={"help": "collapse guard: training stops when a statistic has been below its minimum for this "
+                          "many consecutive training batches (or at every batch since the run started)"},
     )
 
 

@@ -5,11 +5,15 @@ positions of the batch (and optionally ``"extra_losses": {name: summed loss}``, 
 loss); this criterion turns that into fairseq's ``(loss, sample_size, logging)``.
 The loss options live in the model config under fairseq's official names (``loss_beta``,
 ``loss_scale``, ``min_target_var``, ``min_pred_var``), so an official recipe keeps its meaning.
+:class:`CollapseGuard` stops a run whose statistics collapse or whose batch is not finite, with one message,
+before the backward pass.
 """
 
+import logging
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -21,10 +25,22 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from d2v_plugin.compat.cpu_allocator import keep_freed_memory
+from d2v_plugin.core.validation import lookup, run_config
+
+logger = logging.getLogger(__name__)
 
 
 class RepresentationCollapseError(RuntimeError):
     """The teacher's targets or the student's predictions lost their variance."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss, the predictions, the targets or the input of a batch are not finite (NaN/Inf).
+
+    A RuntimeError, as :class:`RepresentationCollapseError`: fairseq's trainer re-raises it as it is (no
+    ``crash.pt``, no NanDetector re-run). The message never contains "out of memory", which fairseq would
+    take for an OOM to recover from.
+    """
 
 
 def regression_loss(pred: Tensor, target: Tensor, beta: float, scale: Optional[float]) -> Tensor:
@@ -103,6 +119,178 @@ def mean_std(x: Tensor) -> Tensor:
     return mean_channel_stds(x)[0]
 
 
+MAX_LISTED_SAMPLES = 8  # sample ids (and files) named in a divergence message; the rest are counted
+
+
+class CollapseGuard:
+    """Stops a collapsing or diverging data2vec run with one message, at every scale.
+
+    **Collapse** (:meth:`check`, training batches only). For ``target_var`` and ``pred_var`` (the std of the
+    targets and of the predictions, pooled over data-parallel ranks, so every rank decides the same) with
+    the minimum ``model.min_<name>`` (0: off), from update ``model.var_check_start_update`` on, training
+    stops when the statistic is below its minimum and
+
+    * has been for ``model.var_check_patience`` consecutive training batches (a collapse stays low; one
+      odd batch does not stop a run), or
+    * has never reached it since the run (re)started: it has stayed low all along.
+
+    Exception: with ``model.zero_init_regression_head`` the predictions start at exactly 0, and a pred_var
+    rising from 0 is a head learning its read-out, not a collapse: pred_var is checked only once it has
+    reached ``min_pred_var``. ``var_check_start_update`` None (the default) starts the check after a tenth
+    of ``ema_anneal_end_step`` (= ``max_update`` by default), at least 50 and at most 5000 (fairseq's fixed
+    start): update 50 of the tiny recipes, 3000 of the speech Base recipe's 30000-update anneal. Why at
+    least 50: a small random head's pred_var can start below min_pred_var too (the tiny image recipe: 0.008
+    until about update 18, then rising), and a tenth of its 100 updates would check it from update 10.
+    The counters live in this object (the criterion's), so a resumed run starts them afresh.
+
+    **Divergence** (:meth:`diverged`, training and validation): a non-finite loss or statistic stops the run
+    before the backward pass, naming the update, the batch's sample ids and, where the task's dataset can
+    tell, their manifest rows (audio: ``train.tsv:LINE (file)``; images likewise). Samples whose input is
+    not finite are named as the cause; finite inputs mean the model diverged. One exception keeps fairseq's
+    behaviour: with fp16 predictions and finite inputs the batch is left to fairseq's dynamic loss scaler,
+    which skips the update and lowers the scale (a transient fp16 overflow).
+    """
+
+    STATS = ("target_var", "pred_var")
+
+    def __init__(self):
+        self.low: Dict[str, int] = {name: 0 for name in self.STATS}  # consecutive batches below the minimum
+        self.reached: Dict[str, bool] = {name: False for name in self.STATS}  # at/above it once since start
+
+    @staticmethod
+    def start_update(cfg) -> int:
+        """``cfg.var_check_start_update``, or for None a tenth of ``ema_anneal_end_step`` in [50, 5000]."""
+        start = getattr(cfg, "var_check_start_update", None)
+        if start is not None:
+            return int(start)
+        anneal = getattr(cfg, "ema_anneal_end_step", None)
+        if isinstance(anneal, int) and not isinstance(anneal, bool) and anneal > 0:
+            return min(5000, max(50, anneal // 10))
+        return 5000
+
+    def check(self, cfg, num_updates: int, stats: Dict[str, float]) -> None:
+        """Update the counters with one training batch's statistics; raise :class:`RepresentationCollapseError`."""
+        start = self.start_update(cfg)
+        patience = max(1, int(getattr(cfg, "var_check_patience", 1)))
+        zero_head = bool(getattr(cfg, "zero_init_regression_head", False))
+        for name in self.STATS:
+            value, limit = stats[name], float(getattr(cfg, f"min_{name}"))
+            if value >= limit:
+                self.low[name], self.reached[name] = 0, True
+                continue
+            self.low[name] += 1
+            if num_updates < start or (name == "pred_var" and zero_head and not self.reached[name]):
+                continue
+            if not self.reached[name]:
+                how = f"at all {self.low[name]} training batches since the run (re)started"
+            elif self.low[name] >= patience:
+                how = f"for {self.low[name]} consecutive training batches"
+            else:
+                continue
+            raise RepresentationCollapseError(
+                f"{name} = {value:.4g} has been below model.min_{name} = {limit:g} {how}, at update "
+                f"{num_updates}: the representations collapsed. Lower the learning rate, check ema_decay / the "
+                f"data, or change model.min_{name} / model.var_check_patience (collapse guard: "
+                f"d2v_plugin/core/criterion.py)."
+            )
+
+    def diverged(self, model, sample, num_updates: int, loss_value: float, pred: Tensor, target: Tensor,
+                 task=None) -> None:
+        """Raise :class:`TrainingDivergedError` for a batch whose loss or pooled statistics are not finite."""
+        ids = sample.get("id")
+        ids = [] if ids is None else [int(i) for i in ids.reshape(-1).tolist()]
+        bad_rows, batch_size = nonfinite_rows(sample.get("net_input") or {})
+        where = f"at update {num_updates} ({'training' if model.training else 'validation'})"
+        if bad_rows:
+            bad = (describe_samples(task, [ids[i] for i in bad_rows], model) if len(ids) == batch_size
+                   else "batch rows " + ", ".join(map(str, bad_rows)))
+            raise TrainingDivergedError(
+                f"non-finite loss ({loss_value}) {where}: the input of {len(bad_rows)} of {batch_size} samples "
+                f"is NaN/Inf: {bad}. Remove or repair them.")
+        if not math.isfinite(loss_value) or not (torch.isfinite(pred).all() and torch.isfinite(target).all()):
+            if pred.dtype == torch.float16:
+                logger.warning(f"non-finite loss {where} with fp16 predictions and finite inputs: left to "
+                               f"fairseq's loss scaler (it skips the update)")
+                return
+            bad_pred = int((~torch.isfinite(pred)).sum())
+            bad_target = int((~torch.isfinite(target)).sum())
+            raise TrainingDivergedError(
+                f"non-finite loss ({loss_value}) {where}: the inputs are finite, but {bad_pred} prediction and "
+                f"{bad_target} target values are NaN/Inf: the model diverged (lower optimization.lr, check "
+                f"optimization.clip_norm and model.ema_decay). Batch: {describe_samples(task, ids, model)}.")
+        if pred.dtype == torch.float16:
+            return  # another rank's fp16 overflow, left to the loss scaler there as here
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            raise TrainingDivergedError(
+                f"non-finite target_var/pred_var {where}: the predictions or targets are too large to measure: "
+                f"the model diverged (lower optimization.lr). Batch: {describe_samples(task, ids, model)}.")
+        raise TrainingDivergedError(
+            f"non-finite target_var/pred_var {where}: this rank's batch is finite, so a batch on another "
+            f"data-parallel rank is not (its error names the samples).")
+
+
+def nonfinite_rows(net_input: Dict[str, Any]) -> Tuple[List[int], int]:
+    """``(rows, batch size)``: the rows (samples) of the floating-point input tensors that hold a NaN or Inf."""
+    bad = None
+    for value in net_input.values():
+        if isinstance(value, Tensor) and value.is_floating_point() and value.dim() >= 1:
+            rows = ~torch.isfinite(value.reshape(value.size(0), -1)).all(dim=1)
+            bad = rows if bad is None or bad.shape != rows.shape else bad | rows
+    return ([], 0) if bad is None else (bad.nonzero().reshape(-1).tolist(), bad.numel())
+
+
+def describe_samples(task, ids: Sequence[int], model=None) -> str:
+    """``"sample id 3 = train.tsv:5 (/data/a.wav), ..."``: the first :data:`MAX_LISTED_SAMPLES` ids, each
+    with its manifest row where the dataset of the running split maps ids to rows (audio and image
+    manifests), then how many more."""
+    dataset = _running_dataset(task, model)
+    parts = []
+    for i in ids[:MAX_LISTED_SAMPLES]:
+        source = sample_source(dataset, i) if dataset is not None else None
+        parts.append(f"sample id {i}" + (f" = {source}" if source else ""))
+    more = len(ids) - MAX_LISTED_SAMPLES
+    return (", ".join(parts) or "no sample ids") + (f" and {more} more" if more > 0 else "")
+
+
+def _running_dataset(task, model):
+    """The dataset the batch came from: the training split while training; in validation the only other split
+    loaded, if there is exactly one (else None: ids only)."""
+    datasets = getattr(task, "datasets", None)
+    if not datasets:
+        return None
+    run = run_config(getattr(model, "cfg", None))
+    train = lookup(run, "dataset.train_subset") if run is not None else None
+    train = train if isinstance(train, str) else "train"
+    if model is None or model.training:
+        return datasets.get(train)
+    others = [d for name, d in datasets.items() if name != train]
+    return others[0] if len(others) == 1 else None
+
+
+def sample_source(dataset, index: int) -> Optional[str]:
+    """``MANIFEST:LINE (file)`` of sample ``index``, for the audio datasets fairseq_fixes annotates with their
+    manifest rows and for :class:`~d2v_plugin.image.dataset.ImageDataset` (wrappers' ``.dataset`` followed)."""
+    for _ in range(8):
+        if dataset is None:
+            return None
+        rows = getattr(dataset, "_d2v_rows", None)
+        if rows is not None and 0 <= index < len(rows):
+            manifest, line = rows[index]
+            try:
+                name = dataset.fnames[index]  # as FileAudioDataset.__getitem__ reads it
+                name = name if isinstance(dataset.fnames, list) else name.as_py()
+                name = dataset.text_compressor.decompress(name)
+                return f"{manifest}:{line} ({os.path.join(dataset.root_dir, name)})"
+            except Exception:  # an unusual audio dataset: the row is still exact
+                return f"{manifest}:{line}"
+        image_rows = getattr(dataset, "rows", None)
+        if image_rows is not None and hasattr(dataset, "manifest") and 0 <= index < len(image_rows):
+            row = image_rows[index]
+            return f"{dataset.manifest}:{row.line_no} ({os.path.join(dataset.root, row.path)})"
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
 @dataclass
 class Data2VecCriterionConfig(FairseqDataclass):
     cpu_keep_freed_memory: bool = field(
@@ -122,6 +310,7 @@ class Data2VecCriterion(FairseqCriterion):
         # for training: decoding, feature extraction and GPU runs never change the allocator.
         if cpu_keep_freed_memory and not torch.cuda.is_available():
             keep_freed_memory()
+        self.guard = CollapseGuard()
 
     def forward(self, model, sample, reduce=True):
         # The sample ids seed each sample's mask (with common.seed and the update number): masks differ
@@ -139,23 +328,18 @@ class Data2VecCriterion(FairseqCriterion):
 
         # Both statistics in one collective and one device sync (see mean_channel_stds).
         target_var, pred_var = mean_channel_stds(target, pred).tolist()
+        loss_value = loss.item()
         num_updates = getattr(model, "num_updates", 0)
-        if model.training and num_updates >= cfg.var_check_start_update:
-            for name, value, limit in (
-                ("target_var", target_var, cfg.min_target_var),
-                ("pred_var", pred_var, cfg.min_pred_var),
-            ):
-                if value < limit:
-                    raise RepresentationCollapseError(
-                        f"{name} = {value:.4g} fell below model.min_{name} = {limit} at update "
-                        f"{num_updates}: the representations collapsed. Lower the learning rate, check "
-                        f"ema_decay / the data, or change model.min_{name}."
-                    )
+        if not all(math.isfinite(v) for v in (loss_value, target_var, pred_var)):
+            # before backward: fairseq's "gradients are Nan/Inf" path (pages of tensor dumps) never runs
+            self.guard.diverged(model, sample, num_updates, loss_value, pred, target, self.task)
+        elif model.training:
+            self.guard.check(cfg, num_updates, {"target_var": target_var, "pred_var": pred_var})
 
         # Every entry is a sum, so fairseq can all-reduce logs across workers (on any device);
         # the means are recovered in reduce_metrics by dividing by "batches".
         logging_output = {
-            "loss": loss.item() if reduce else loss.detach(),
+            "loss": loss_value if reduce else loss.detach(),
             "sample_size": sample_size,
             "nsentences": sample["id"].numel() if "id" in sample else 0,
             "batches": 1,

@@ -70,12 +70,7 @@ class Data2Vec2Mixin(TeacherStudentMixin):
                         layerdrop: float, layer_norm_first: bool, alibi: Optional[AlibiBias] = None,
                         grid: Tuple[int, ...] = (), end_of_block_targets: bool = False) -> None:
         """Build ``encoder``, ``decoder`` and ``final_proj`` (called from the model's ``__init__``)."""
-        cfg = self.cfg
-        if cfg.clone_batch < 1:
-            raise ValueError(f"model.clone_batch={cfg.clone_batch} must be >= 1")
-        if not 0 < cfg.average_top_k_layers <= depth:
-            raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in 1..{depth} "
-                             f"(the number of blocks)")
+        cfg = self.cfg  # its ranges were checked by the model's constructor (core/validation.py)
         self.encoder = Data2Vec2Transformer(
             dim, heads, depth, mlp_ratio, prenet_depth=cfg.prenet_depth, dropout=dropout,
             attention_dropout=attention_dropout, activation_dropout=activation_dropout,

@@ -40,9 +40,8 @@ class DecoderConfig(FairseqDataclass):
 
 def build_projection(cfg: DecoderConfig, dim: int) -> nn.Module:
     """The regression head after the decoder: ``decoder_dim -> dim`` in ``projection_layers`` linear layers
-    (the first hidden one ``projection_ratio`` times wider, GELU between them), as fairseq's data2vec_multi."""
-    if cfg.projection_layers < 1:
-        raise ValueError(f"model.projection_layers={cfg.projection_layers} must be >= 1")
+    (the first hidden one ``projection_ratio`` times wider, GELU between them), as fairseq's data2vec_multi.
+    ``projection_layers >= 1`` is checked with the other options (core/validation.py)."""
     if cfg.projection_layers == 1:
         return nn.Linear(cfg.decoder_dim, dim)
     layers, width = [], cfg.decoder_dim

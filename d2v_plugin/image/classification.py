@@ -30,6 +30,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import LayerNorm
 
 from d2v_plugin.core.finetune import config_from_pretrained, pretrained_config
+from d2v_plugin.core.validation import validate
 from d2v_plugin.image.model import Data2VecImageConfig, Data2VecImageModel
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class Data2VecImageClassificationModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecImageClassificationConfig, task=None):
+        validate(cfg, "data2vec_image_classification")  # option ranges and the run's (core/validation.py)
+        if getattr(task, "cfg", None) is not None:  # our image task's augmentation options
+            validate(task.cfg, "image_task", prefix="task.", run=False)
         state, pretrained = pretrained_config(cfg, "data2vec_image")
         backbone_cfg = config_from_pretrained(Data2VecImageConfig, pretrained)
         if cfg.drop_path is not None:

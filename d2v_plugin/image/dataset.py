@@ -17,7 +17,6 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 
 from fairseq.data import FairseqDataset
 

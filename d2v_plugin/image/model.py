@@ -40,6 +40,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig, ModelMaskedConfig
 from d2v_plugin.core.masking import block_mask_2d
 from d2v_plugin.core.teacher_student import REFERENCE_TEACHER_KEY, TeacherStudentMixin, Views
+from d2v_plugin.core.validation import validate
 from d2v_plugin.image.vit import ViTEncoder
 
 
@@ -137,6 +138,8 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecImageConfig, task=None):
+        if getattr(task, "cfg", None) is not None:  # our image tasks' augmentation options
+            validate(task.cfg, "image_task", prefix="task.", run=False)
         if cfg.data2vec_version == 2:
             from d2v_plugin.image.model_v2 import Data2Vec2ImageModel
 
@@ -223,6 +226,7 @@ class Data2VecImageModel(TeacherStudentMixin, BaseFairseqModel):
 
 
 def check_config(cfg: Data2VecImageConfig) -> None:
+    validate(cfg, "data2vec_image", version=1)  # every option's range (d2v_plugin/core/validation.py)
     if not cfg.ema_transformer_only:
         raise ValueError("model.ema_transformer_only=false is not supported: the teacher tracks the "
                          "encoder and shares the patch embedding with the student")
@@ -230,12 +234,6 @@ def check_config(cfg: Data2VecImageConfig) -> None:
         raise ValueError(f"model.image_size={cfg.image_size} is not a multiple of model.patch_size={cfg.patch_size}")
     if cfg.embed_dim % cfg.num_heads:
         raise ValueError(f"model.embed_dim={cfg.embed_dim} is not a multiple of model.num_heads={cfg.num_heads}")
-    if not 0 < cfg.average_top_k_layers <= cfg.depth:
-        raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in 1..depth ({cfg.depth})")
-    patches = (cfg.image_size // cfg.patch_size) ** 2
-    if not 0 < cfg.num_mask_patches <= patches:
-        raise ValueError(f"model.num_mask_patches={cfg.num_mask_patches} must be in 1..{patches} "
-                         f"(the number of {cfg.patch_size}x{cfg.patch_size} patches of a {cfg.image_size}px image)")
 
 
 # -- fairseq reference checkpoints ----------------------------------------------------------------

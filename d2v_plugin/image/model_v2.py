@@ -52,6 +52,7 @@ from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
 from d2v_plugin.core.masking import inverse_block_mask_2d
 from d2v_plugin.core.teacher_student import Views
 from d2v_plugin.core.unmasked import clone_rows
+from d2v_plugin.core.validation import validate
 
 
 def sincos_positions_2d(dim: int, height: int, width: int) -> Tensor:
@@ -207,18 +208,13 @@ class Data2Vec2ImageModel(Data2Vec2Mixin, BaseFairseqModel):
 
 
 def check_config_v2(cfg) -> None:
+    validate(cfg, "data2vec_image", version=2)  # every option's range (d2v_plugin/core/validation.py)
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"model.image_size={cfg.image_size} is not a multiple of model.patch_size={cfg.patch_size}")
     if cfg.embed_dim % cfg.num_heads:
         raise ValueError(f"model.embed_dim={cfg.embed_dim} is not a multiple of model.num_heads={cfg.num_heads}")
     if cfg.embed_dim % 4:
         raise ValueError(f"model.embed_dim={cfg.embed_dim} must be a multiple of 4 (2-D sin-cos positions)")
-    if not 0 < cfg.mask_prob < 1:
-        raise ValueError(f"model.mask_prob={cfg.mask_prob} must be in (0, 1) for data2vec 2.0")
-    if cfg.mask_length < 1:
-        raise ValueError(f"model.mask_length={cfg.mask_length} must be >= 1")
-    if cfg.cls_loss < 0:
-        raise ValueError(f"model.cls_loss={cfg.cls_loss} must be >= 0")
 
 
 def config_from_data2vec_multi(cfg: dict) -> dict:

@@ -31,6 +31,7 @@ from fairseq.models import FairseqEncoderModel, register_model
 from fairseq.models.roberta.model import RobertaClassificationHead
 
 from d2v_plugin.core.finetune import config_from_pretrained, dictionary_digest, pretrained_config
+from d2v_plugin.core.validation import validate
 from d2v_plugin.text.model import Data2VecTextConfig, Data2VecTextEncoder, encoder_config
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Data2VecTextClassificationModel(FairseqEncoderModel):
 
     @classmethod
     def build_model(cls, cfg: Data2VecTextClassificationConfig, task):
+        validate(cfg, "data2vec_text_classification")  # option ranges and the run's (core/validation.py)
         state, pretrained = pretrained_config(cfg, "data2vec_text")
         # the digest describes the pre-training dictionary, not an encoder option
         encoder_cfg = config_from_pretrained(Data2VecTextConfig, pretrained, ignore=("dictionary_digest",))

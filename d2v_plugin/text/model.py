@@ -36,6 +36,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from d2v_plugin.core.config import Data2Vec2Config, Data2VecConfig
 from d2v_plugin.core.finetune import dictionary_digest, remember_in_run_config
 from d2v_plugin.core.teacher_student import TeacherStudentMixin, Views
+from d2v_plugin.core.validation import validate
 
 LOSS_POSITIONS = ChoiceEnum(["selected", "mask_token"])
 
@@ -131,8 +132,6 @@ def build_regression_head(dim: int, num_layers: int) -> nn.Sequential:
     Laid out as fairseq's data2vec head (``0``: Linear, ``1``: GELU, ``2``: Linear, ...), so its
     checkpoints' ``regression_head.*`` weights load.
     """
-    if num_layers < 1:
-        raise ValueError(f"model.head_layers={num_layers} must be >= 1")
     layers, width = [], dim
     for _ in range(num_layers - 1):
         layers += [nn.Linear(width, 2 * dim), nn.GELU()]
@@ -149,12 +148,9 @@ class Data2VecTextEncoder(TeacherStudentMixin, FairseqEncoder):
 
     def __init__(self, cfg: Data2VecTextConfig, dictionary):
         super().__init__(dictionary)
+        validate(cfg, "data2vec_text", version=1)  # every option's range (d2v_plugin/core/validation.py)
         self.cfg = cfg
         tcfg = encoder_config(cfg.transformer)
-        layers = tcfg.encoder.layers
-        if not 0 < cfg.average_top_k_layers <= layers:
-            raise ValueError(f"model.average_top_k_layers={cfg.average_top_k_layers} must be in "
-                             f"1..transformer.encoder.layers ({layers})")
         self.mask_idx = dictionary.index("<mask>")
         if self.mask_idx == dictionary.unk():
             raise ValueError("the dictionary has no <mask> symbol: use the masked_lm task, which adds it")

@@ -40,7 +40,6 @@ Decisions, where fairseq's data2vec_multi (the reference) is followed and where 
 import math
 from typing import List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from fairseq.models import FairseqEncoder
@@ -52,6 +51,7 @@ from d2v_plugin.core.data2vec2 import Data2Vec2Mixin
 from d2v_plugin.core.finetune import dictionary_digest, remember_in_run_config
 from d2v_plugin.core.masking import random_token_mask
 from d2v_plugin.core.teacher_student import Views
+from d2v_plugin.core.validation import validate
 from d2v_plugin.text.model import Data2VecTextModel, encoder_config
 
 
@@ -89,6 +89,7 @@ class Data2Vec2TextEncoder(Data2Vec2Mixin, FairseqEncoder):
 
     def __init__(self, cfg, dictionary):
         super().__init__(dictionary)
+        validate(cfg, "data2vec_text", version=2)  # every option's range (d2v_plugin/core/validation.py)
         self.cfg = cfg
         tcfg = encoder_config(cfg.transformer)
         if tcfg.activation_fn != "gelu":
@@ -150,8 +151,6 @@ class Data2Vec2TextEncoder(Data2Vec2Mixin, FairseqEncoder):
 
     def sample_mask(self, rows: int, length: int, padding_mask: Optional[Tensor], sample_ids: Optional[Tensor],
                     device) -> Tensor:
-        if not 0 < self.cfg.mask_prob < 1:
-            raise ValueError(f"model.mask_prob={self.cfg.mask_prob} must be in (0, 1) for data2vec 2.0")
         if sample_ids is not None and self.cfg.seed is None:
             raise ValueError("model.seed is not set: build the model with Data2VecTextModel.build_model, which "
                              "takes the task's seed, or set it")

@@ -18,6 +18,11 @@ Not a test: it takes minutes to hours on the CPU. Examples:
     .venv/bin/python benchmarks/asr_pretraining_benefit.py --corpus digits --unlabelled-utts 2000 \
         --labelled-utts 100 1000 --pretrain-updates 3000 --seeds 1 2 3
 
+``--resume`` (with ``--workdir``) re-runs the same command after an interruption: a pre-training whose
+``checkpoint_last.pt`` already has the requested updates, and a fine-tuning run whose decoding finished
+(``decode_N/generate-test.txt``, written only on success), are taken from the folder instead of run again;
+their times come from the ``seconds.txt`` written beside them (absent for runs made before it existed).
+
 ``--pretrain-override`` / ``--finetune-override KEY=VALUE`` pass hydra overrides to the recipes
 (``examples/audio/{pretraining,finetuning}/tiny_cpu.yaml``), e.g. a larger model for the benchmark.
 """
@@ -53,9 +58,42 @@ def decode(data, ckpt, out):
     sh(BIN / "fairseq-generate", data, "--user-dir", USER_DIR, "--task", "audio_ctc", "--path", ckpt,
        "--gen-subset", "test", "--labels", "ltr", "--post-process", "letter", "--scoring", "wer_ler",
        "--max-tokens", 400000, "--results-path", out)
-    line = (Path(out) / "generate-test.txt").read_text().strip().splitlines()[-1]
+    return score_line(Path(out) / "generate-test.txt")
+
+
+def score_line(generate_txt: Path):
+    """(WER, LER) from the last line of a ``generate-test.txt`` written with ``--scoring wer_ler``."""
+    line = generate_txt.read_text().strip().splitlines()[-1]
     m = re.search(r"WER: ([\d.]+).*LER: ([\d.]+)", line)
     return float(m.group(1)), float(m.group(2))
+
+
+def mean_seconds(seconds) -> str:
+    import math
+
+    known = [s for s in seconds if not math.isnan(s)]
+    return f"{sum(known) / len(known):.0f} s" if known else "time not recorded"
+
+
+def seconds_of(folder: Path):
+    """The run time a finished run wrote beside its outputs, or None (a run made before it was written)."""
+    path = folder / "seconds.txt"
+    return float(path.read_text()) if path.is_file() else None
+
+
+def reusable_pretraining(ckpt_dir: Path, updates: int):
+    """``--resume``: the seconds of a finished pre-training in ``ckpt_dir`` (None if not there or shorter;
+    ``float('nan')`` if its time was not recorded)."""
+    import torch
+
+    last = ckpt_dir / "checkpoint_last.pt"
+    if not last.is_file():
+        return None
+    done = torch.load(last, map_location="cpu", weights_only=True)["optimizer_history"][-1]["num_updates"]
+    if done < updates:
+        return None
+    seconds = seconds_of(ckpt_dir)
+    return float("nan") if seconds is None else seconds
 
 
 def manifest(audio, dest, name, valid_percent=0.0):
@@ -121,18 +159,29 @@ def main():
     p.add_argument("--pretrain-override", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--finetune-override", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --workdir: take finished pre-training and fine-tuning runs from it instead of "
+                        "running them again")
     args = p.parse_args()
+    if args.resume and not args.workdir:
+        p.error("--resume needs --workdir (the folder of the interrupted run)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="d2v_asr_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     pre_data, budgets = (whistle_data if args.corpus == "whistles" else spoken_data)(work, args)
 
     pretrain_s = []
     for pseed in args.pretrain_seeds:
+        done = reusable_pretraining(work / f"pre_{pseed}", args.pretrain_updates) if args.resume else None
+        if done is not None:
+            pretrain_s.append(done)
+            print(f"pre-training seed {pseed}: reused from {work / f'pre_{pseed}'}", flush=True)
+            continue
         t0 = time.time()
         train("examples/audio/pretraining", work / f"pre_run_{pseed}",
               [f"task.data={pre_data}", f"checkpoint.save_dir={work / f'pre_{pseed}'}", f"common.seed={pseed}",
                f"optimization.max_update={args.pretrain_updates}", *args.pretrain_override])
         pretrain_s.append(time.time() - t0)
+        (work / f"pre_{pseed}" / "seconds.txt").write_text(f"{pretrain_s[-1]:.1f}\n")
         print(f"pre-training seed {pseed}: {pretrain_s[-1]:.0f} s", flush=True)
     rows = []
     budget = [] if args.finetune_updates is None else [f"optimization.max_update={args.finetune_updates}"]
@@ -145,23 +194,32 @@ def main():
             for seed in args.seeds:
                 t0 = time.time()
                 run = len(rows)
+                result = work / f"decode_{run}" / "generate-test.txt"
+                if args.resume and result.is_file():
+                    wer, ler = score_line(result)
+                    rows.append((n, name, pseed, seed, wer, ler, seconds_of(work / f"decode_{run}")))
+                    print(f"{n} labelled, {name}, pre-training seed {pseed}, fine-tuning seed {seed}: "
+                          f"WER {wer:.2f} LER {ler:.2f} (reused)", flush=True)
+                    continue
                 train("examples/audio/finetuning", work / f"ft_run_{run}",
                       [f"task.data={data}", f"model.w2v_path={pre / 'checkpoint_last.pt'}",
                        f"checkpoint.save_dir={work / f'ft_{run}'}", f"common.seed={seed}", *budget, *extra,
                        *args.finetune_override])
                 wer, ler = decode(data, work / f"ft_{run}" / "checkpoint_best.pt", work / f"decode_{run}")
                 rows.append((n, name, pseed, seed, wer, ler, time.time() - t0))
+                (work / f"decode_{run}" / "seconds.txt").write_text(f"{rows[-1][-1]:.1f}\n")
                 print(f"{n} labelled, {name}, pre-training seed {pseed}, fine-tuning seed {seed}: "
                       f"WER {wer:.2f} LER {ler:.2f}", flush=True)
 
     updates = args.finetune_updates or "the recipe's"
     print(f"\n{args.corpus}: CTC fine-tuning ({updates} updates), test split of held-out speakers; pre-training: "
           f"{args.pretrain_updates} updates on {args.unlabelled_utts if args.corpus != 'whistles' else max(args.labelled_utts)} "
-          f"utterances ({sum(pretrain_s) / len(pretrain_s):.0f} s each)")
+          f"utterances ({mean_seconds(pretrain_s)} each)")
     print("| labelled utts | encoder init | pre-training seed | fine-tuning seed | test WER % | test LER % | "
           "fine-tune+decode s |\n|---|---|---|---|---|---|---|")
     for n, name, pseed, seed, wer, ler, secs in rows:
-        print(f"| {n} | {name} | {pseed} | {seed} | {wer:.2f} | {ler:.2f} | {secs:.0f} |")
+        print(f"| {n} | {name} | {pseed} | {seed} | {wer:.2f} | {ler:.2f} | "
+              f"{'n/a' if secs is None else f'{secs:.0f}'} |")
     for n in budgets:
         for name in dict.fromkeys(r[1] for r in rows):
             mine = [r for r in rows if r[0] == n and r[1] == name]

@@ -48,7 +48,12 @@ def _patch_file_audio_dataset():
         min_size = kwargs.get("min_sample_size", args[1] if len(args) > 1 else 0) or 0
         self._d2v_rows = [(manifest_path, line_no) for line_no, _, n in rows if n >= min_size]
         short = [row for row in rows if row.frames < min_size]
-        if short:  # fairseq only logs an INFO count; a user whose clips are all short sees an "empty dataset"
+        if short and len(short) == len(rows):  # fairseq would go on to "the dataset is empty ... max tokens"
+            shortest = min(r.frames for r in rows)
+            raise ManifestError(f"{manifest_path}: all {len(rows)} clips are shorter than task.min_sample_size="
+                                f"{min_size} samples (the longest has {max(r.frames for r in rows)}); lower "
+                                f"task.min_sample_size (e.g. task.min_sample_size={shortest}) or use longer clips")
+        if short:  # fairseq only logs an INFO count
             examples = ", ".join(f"{manifest_path}:{r.line_no} {r.path} ({r.frames} samples)" for r in short[:3])
             logger.warning(f"{manifest_path}: {len(short)} of {len(rows)} clips are shorter than task.min_sample_size="
                            f"{min_size} samples and are left out (lower task.min_sample_size to keep them): "

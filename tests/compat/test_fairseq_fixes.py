@@ -55,6 +55,9 @@ def test_clips_below_min_sample_size_are_a_warning_naming_them_and_the_option(tm
     assert len(dataset) == 1
     assert (f"1 of 2 clips are shorter than task.min_sample_size=4000 samples and are left out (lower "
             f"task.min_sample_size to keep them): {manifest}:3 short.wav (1000 samples)") in caplog.text
+    with pytest.raises(ManifestError, match=r"all 2 clips are shorter than task.min_sample_size=9000 samples "
+                                            r"\(the longest has 8000\); lower task.min_sample_size"):
+        FileAudioDataset(str(manifest), sample_rate=16000, min_sample_size=9000)
 
 
 PROBE = """

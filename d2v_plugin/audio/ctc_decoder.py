@@ -157,17 +157,32 @@ def beam_decode(logp: Tensor, blank: int, beam: int, sep: Optional[int], symbols
 class CtcDecoder:
     """The generator ``fairseq-generate`` uses with the ``audio_ctc`` task."""
 
-    def __init__(self, cfg: CtcDecoderConfig, tgt_dict: Dictionary, beam: int = 5, nbest: int = 1):
+    def __init__(self, cfg: CtcDecoderConfig, tgt_dict: Dictionary, beam: int = 5, nbest: int = 1, task=None):
         if cfg.ctc_decoder not in ("viterbi", "beam"):
             raise ValueError(f"task.ctc_decoder={cfg.ctc_decoder!r}: expected 'viterbi' or 'beam'")
         if cfg.ctc_kenlm_model and cfg.ctc_decoder != "beam":
             raise ValueError("task.ctc_kenlm_model is used by beam search: add --ctc-decoder beam")
         self.cfg, self.tgt_dict, self.beam, self.nbest = cfg, tgt_dict, beam, nbest
+        self.task = task  # only to name the manifest rows of a bad batch
         self.blank = tgt_dict.bos()  # fairseq's CTC blank is <s> (index 0), as in its ctc criterion
         self.sep = tgt_dict.index(cfg.ctc_word_separator) if cfg.ctc_word_separator in tgt_dict.indices else None
         self.lm = KenLMScorer(cfg.ctc_kenlm_model) if cfg.ctc_kenlm_model else None
         # generate.py strips these from printed strings
         self.symbols_to_strip_from_output = {tgt_dict.bos(), tgt_dict.eos(), tgt_dict.pad()}
+
+    def refuse_non_finite(self, tensors: Dict, ids: Tensor, what: str) -> None:
+        """Stop with the manifest rows of the samples whose ``tensors`` rows are not finite: without this
+        fairseq-generate prints an empty hypothesis with score nan and goes on."""
+        from d2v_plugin.core.criterion import nonfinite_rows, sample_source
+
+        rows, _ = nonfinite_rows(tensors)
+        if not rows:
+            return
+        datasets = getattr(self.task, "datasets", None) or {}
+        dataset = next(iter(datasets.values())) if len(datasets) == 1 else None  # fairseq-generate loads one
+        bad = [int(ids[r]) for r in rows]
+        names = [sample_source(dataset, i) or f"sample id {i}" for i in bad[:5]]
+        raise ValueError(f"{what}: {', '.join(names)}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
 
     def description(self) -> str:
         """Which decoder runs, for the log (fairseq-generate's own score line only says ``beam=N``)."""
@@ -191,7 +206,10 @@ class CtcDecoder:
         return logp.float().cpu(), lengths
 
     def generate(self, models, sample, **unused) -> List[List[Dict]]:
+        self.refuse_non_finite(sample["net_input"], sample["id"], "audio holds NaN or infinite samples")
         logp, lengths = self.emissions(models, sample)
+        self.refuse_non_finite({"emissions": logp}, sample["id"],
+                               "the model's output is not finite (do the checkpoint's weights hold NaN/Inf?)")
         hypos = []
         for b in range(logp.size(0)):
             frames = logp[b, : lengths[b]]

@@ -155,7 +155,7 @@ class AudioCtcTask(AudioFinetuningTask):
     # -- decoding --------------------------------------------------------------------------------
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         decoder = CtcDecoder(self.cfg, self.target_dictionary, beam=getattr(args, "beam", 5),
-                             nbest=getattr(args, "nbest", 1))
+                             nbest=getattr(args, "nbest", 1), task=self)
         if self.cfg.ctc_decoder == "viterbi" and getattr(args, "beam", None) not in (None, 1):
             # fairseq-generate labels its score line "with beam={generation.beam}" (default 5): greedy
             # decoding is beam 1, so say so there instead of a beam that never ran

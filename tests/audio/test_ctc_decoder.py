@@ -88,3 +88,24 @@ def test_kenlm_without_the_package_gives_a_clear_message(monkeypatch):
 def test_bad_decoder_name_is_rejected():
     with pytest.raises(ValueError, match="ctc_decoder='greedy'"):
         CtcDecoder(CtcDecoderConfig(ctc_decoder="greedy"), Dictionary())
+
+
+def test_non_finite_audio_is_refused_with_its_manifest_row(tmp_path):
+    """fairseq-generate on a NaN clip: an error naming the row, not an empty hypothesis scored nan."""
+    import numpy as np
+    import soundfile as sf
+    from types import SimpleNamespace
+
+    import d2v_plugin  # noqa: F401  (annotates fairseq's audio dataset with manifest rows)
+    from fairseq.data.audio.raw_audio_dataset import FileAudioDataset
+
+    sf.write(tmp_path / "ok.wav", np.zeros(4000, dtype=np.float32), 16000)
+    sf.write(tmp_path / "nan.wav", np.full(4000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "test.tsv").write_text(f"{tmp_path}\nok.wav\t4000\nnan.wav\t4000\n")
+    dataset = FileAudioDataset(str(tmp_path / "test.tsv"), sample_rate=16000)
+    sample = dataset.collater([dataset[0], dataset[1]])
+    d = Dictionary()
+    decoder = CtcDecoder(CtcDecoderConfig(), d, task=SimpleNamespace(datasets={"test": dataset}))
+    with pytest.raises(ValueError, match=rf"audio holds NaN or infinite samples: {tmp_path}/test.tsv:3 "
+                                         rf"\({tmp_path}/nan.wav\)$"):
+        decoder.generate([], sample)

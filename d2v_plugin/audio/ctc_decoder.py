@@ -208,8 +208,11 @@ class CtcDecoder:
     def generate(self, models, sample, **unused) -> List[List[Dict]]:
         self.refuse_non_finite(sample["net_input"], sample["id"], "audio holds NaN or infinite samples")
         logp, lengths = self.emissions(models, sample)
-        self.refuse_non_finite({"emissions": logp}, sample["id"],
-                               "the model's output is not finite (do the checkpoint's weights hold NaN/Inf?)")
+        # -inf is a valid log-probability (fairseq's CTC model gives padded frames -inf for all but blank); NaN
+        # in a real frame is a broken model
+        real = torch.arange(logp.size(1), device=logp.device)[None, :] < lengths[:, None]
+        self.refuse_non_finite({"emissions": torch.where(real[..., None] & logp.isnan(), torch.nan, 0.0)},
+                               sample["id"], "the model's output is NaN (do the checkpoint's weights hold NaN/Inf?)")
         hypos = []
         for b in range(logp.size(0)):
             frames = logp[b, : lengths[b]]

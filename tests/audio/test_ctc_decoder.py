@@ -109,3 +109,20 @@ def test_non_finite_audio_is_refused_with_its_manifest_row(tmp_path):
     with pytest.raises(ValueError, match=rf"audio holds NaN or infinite samples: {tmp_path}/test.tsv:3 "
                                          rf"\({tmp_path}/nan.wav\)$"):
         decoder.generate([], sample)
+
+
+def test_minus_inf_at_padded_frames_is_fine_but_nan_in_a_real_frame_is_refused(monkeypatch):
+    """fairseq's CTC model gives padded frames -inf for every token but blank: a valid log-probability."""
+    d = Dictionary()
+    for c in "ab":
+        d.add_symbol(c)
+    logp = torch.log_softmax(torch.randn(2, 6, len(d)), dim=-1)
+    lengths = torch.tensor([6, 3])
+    logp[1, 3:, 1:] = float("-inf")
+    decoder = CtcDecoder(CtcDecoderConfig(), d)
+    monkeypatch.setattr(decoder, "emissions", lambda models, sample: (logp, lengths))
+    sample = {"id": torch.tensor([7, 8]), "net_input": {"source": torch.zeros(2, 10)}}
+    assert len(decoder.generate([], sample)) == 2
+    logp[0, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"the model's output is NaN .*: sample id 7$"):
+        decoder.generate([], sample)

@@ -9,7 +9,20 @@ skeleton, fine-tuning from a pre-training checkpoint); ``audio/``, ``text/`` and
 modality each; ``compat/`` holds the fixes to fairseq and the CPU launcher.
 """
 
-from d2v_plugin.compat import fairseq_fixes
+import logging
+
+# fairseq's wav2vec2_classification module calls logging.basicConfig(level=DEBUG) when `import fairseq` loads
+# it, which turns on every library's debug output (PIL prints a line per PNG chunk) in any program that
+# imports the plugin, e.g. the manifest scripts. If the root logger was unconfigured before, undo exactly that;
+# a program that configured logging itself, or imported fairseq first, is left as it is.
+_root = logging.getLogger()
+_unconfigured = not _root.handlers and _root.level == logging.WARNING
+
+from d2v_plugin.compat import fairseq_fixes  # noqa: E402  (imports fairseq)
+
+if _unconfigured and _root.level == logging.DEBUG and len(_root.handlers) == 1:
+    _root.removeHandler(_root.handlers[0])
+    _root.setLevel(logging.WARNING)
 
 fairseq_fixes.apply()
 

@@ -83,3 +83,15 @@ def test_only_cpu_training_changes_the_allocator_and_nothing_patches_ddp(keep):
     assert "after model: None" in out  # building (or loading) a model leaves glibc alone
     assert "ddp is torch's: True" in out  # the CPU DDP wrapper is d2v-hydra-train's, for CPU ranks only
     assert f"after criterion: {True if keep else None}" in out
+
+
+def test_importing_the_plugin_leaves_logging_as_it_was():
+    """fairseq's import calls logging.basicConfig(level=DEBUG); in a program that had not configured logging
+    the plugin undoes it (else PIL and friends print debug lines in the manifest scripts)."""
+    probe = ("import logging; import d2v_plugin; root = logging.getLogger(); "
+             "print(root.level, len(root.handlers))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["30", "0"], out.stdout + out.stderr
+    configured = "import logging; logging.basicConfig(level=logging.INFO); " + probe
+    out = subprocess.run([sys.executable, "-c", configured], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["20", "1"], out.stdout + out.stderr

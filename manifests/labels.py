@@ -28,9 +28,9 @@ import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from d2v_plugin.audio.manifest import read_manifest
+from d2v_plugin.audio.manifest import ManifestRow, read_manifest
 from d2v_plugin.core.errors import ManifestError
 
 WORD_SEP = "|"
@@ -80,11 +80,12 @@ def candidate_keys(relpath: str) -> List[str]:
     return list(dict.fromkeys((relpath, stem, os.path.basename(stem))))
 
 
-def build_labels(manifest_dir: str, table: Dict[str, Transcript], splits: List[str], train_split: str,
-                 dictionary: Optional[List[str]]) -> Tuple[Dict[str, Tuple[List[str], List[str]]], Counter, List[str]]:
-    """Return ({split: (word lines, letter lines)}, letter counts of the train split, errors)."""
-    errors: List[str] = []
-    manifests = {}
+Manifests = Dict[str, Tuple[str, str, List[ManifestRow]]]  # split -> (manifest path, root, rows)
+
+
+def read_manifests(manifest_dir: str, splits: Sequence[str]) -> Tuple[Manifests, List[str]]:
+    """``({split: (manifest path, root, rows)}, errors)`` for ``DIR/SPLIT.tsv`` of each split."""
+    manifests, errors = {}, []
     for split in splits:
         manifest = os.path.join(manifest_dir, f"{split}.tsv")
         try:
@@ -93,27 +94,50 @@ def build_labels(manifest_dir: str, table: Dict[str, Transcript], splits: List[s
             errors.append(str(e))
             continue
         manifests[split] = (manifest, root, rows)
+    return manifests, errors
 
-    # Match keys to rows over all splits first: a key that names two different audio files (a shared
-    # basename, or the same relative path under two roots) would give both the same transcript.
-    rows_of_key = defaultdict(list)  # key -> [(MANIFEST:LINE, audio file)]
-    key_of_row = {}  # (split, line_no) -> key
+
+def match_rows(table: Dict[str, Transcript], manifests: Manifests, noun: str, hint: str,
+               labelled: Optional[Sequence[str]] = None):
+    """Match the keys of ``table`` to manifest rows (:func:`candidate_keys`) over all splits at once.
+
+    Returns ``({(split, line): key}, {key: [(MANIFEST:LINE, audio file)]}, errors)``; rows of the ``labelled``
+    splits only (None: all) get a key. Errors: a row matched by several keys, and a key naming two different
+    audio files (a shared basename, or one relative path under two roots), which would give both the same
+    label. ``noun`` names the keys in messages ("transcript key", "ID"); ``hint`` says how to fix the latter.
+    """
+    errors = []
+    rows_of_key = defaultdict(list)
+    key_of_row = {}
     for split, (manifest, root, rows) in manifests.items():
         for row in rows:
             where = f"{manifest}:{row.line_no}"
             keys = [k for k in candidate_keys(row.path) if k in table]
             for key in keys:
                 rows_of_key[key].append((where, os.path.normpath(os.path.join(root, row.path))))
+            if labelled is not None and split not in labelled:
+                continue
             if len(keys) > 1:
-                errors.append(f"{where}: {row.path} is matched by several transcript keys: "
+                errors.append(f"{where}: {row.path} is matched by several {noun}s: "
                               + ", ".join(f"{k!r} ({table[k].where})" for k in keys))
             if keys:
                 key_of_row[split, row.line_no] = keys[0]
     for key, places in rows_of_key.items():
-        if len({audio for _, audio in places}) > 1:  # rows listing the same file may share its transcript
-            errors.append(f"{table[key].where}: transcript key {key!r} matches {len(places)} manifest rows: "
-                          f"{', '.join(where for where, _ in places)}; key these transcripts by the path relative "
-                          "to the manifest root (or label those splits separately with --splits)")
+        if len({audio for _, audio in places}) > 1:  # rows listing the same file may share its label
+            errors.append(f"{table[key].where}: {noun} {key!r} matches {len(places)} manifest rows: "
+                          f"{', '.join(where for where, _ in places)}; {hint}")
+    return key_of_row, rows_of_key, errors
+
+
+def build_labels(manifest_dir: str, table: Dict[str, Transcript], splits: List[str], train_split: str,
+                 dictionary: Optional[List[str]]) -> Tuple[Dict[str, Tuple[List[str], List[str]]], Counter, List[str]]:
+    """Return ({split: (word lines, letter lines)}, letter counts of the train split, errors)."""
+    manifests, errors = read_manifests(manifest_dir, splits)
+    key_of_row, _, match_errors = match_rows(
+        table, manifests, noun="transcript key",
+        hint="key these transcripts by the path relative to the manifest root (or label those splits separately "
+             "with --splits)")
+    errors += match_errors
 
     out, counts, labelled = {}, Counter(), []
     for split, (manifest, _, rows) in manifests.items():

@@ -259,6 +259,11 @@ AUDIO_CTC = [
     Rule("freeze_finetune_updates", NONNEGATIVE),
 ]
 
+# data2vec_audio_classification: the CTC model's encoder options (both are fairseq's Wav2VecEncoder) + its head
+AUDIO_CLASSIFICATION = AUDIO_CTC + [
+    Rule("classifier_proj_size", COUNT),
+]
+
 TEXT_CLASSIFICATION = [
     Rule("dropout", DROPOUT.or_none()),
     Rule("attention_dropout", DROPOUT.or_none()),
@@ -287,6 +292,7 @@ TABLES: Dict[str, List[Rule]] = {
     "data2vec_text": TEXT,
     "data2vec_image": IMAGE,
     "data2vec_audio_ctc": AUDIO_CTC,
+    "data2vec_audio_classification": AUDIO_CLASSIFICATION,
     "data2vec_text_classification": TEXT_CLASSIFICATION,
     "data2vec_image_classification": IMAGE_CLASSIFICATION,
     "image_task": IMAGE_TASK,
@@ -440,7 +446,8 @@ def _tri_stage_problems(run: DictConfig) -> List[str]:
 
 # -- the README's table ------------------------------------------------------------------------------------------
 _SHORT = {"data2vec_audio": "audio", "data2vec_text": "text", "data2vec_image": "image",
-          "data2vec_audio_ctc": "CTC", "data2vec_text_classification": "text classification",
+          "data2vec_audio_ctc": "CTC", "data2vec_audio_classification": "audio classification",
+          "data2vec_text_classification": "text classification",
           "data2vec_image_classification": "image classification", "image_task": "image tasks"}
 
 

@@ -16,7 +16,7 @@ from d2v_plugin.hf.common import HFConversionError, read_checkpoint
 
 # our registered model name -> modality module
 MODALITY_OF_MODEL = {
-    "data2vec_audio": "audio", "data2vec_audio_ctc": "audio",
+    "data2vec_audio": "audio", "data2vec_audio_ctc": "audio", "data2vec_audio_classification": "audio",
     "data2vec_text": "text", "data2vec_text_classification": "text",
     "data2vec_image": "image", "data2vec_image_classification": "image",
 }

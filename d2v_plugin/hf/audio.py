@@ -1,4 +1,5 @@
-"""Speech: ``data2vec_audio`` / ``data2vec_audio_ctc`` <-> transformers' Data2VecAudio.
+"""Speech: ``data2vec_audio`` / ``data2vec_audio_ctc`` / ``data2vec_audio_classification`` <-> transformers'
+Data2VecAudio.
 
 Export (``d2v-export-hf CKPT OUT_DIR``):
 
@@ -9,7 +10,10 @@ Export (``d2v-export-hf CKPT OUT_DIR``):
   behind. HF's SpecAugment options keep their defaults: our ``mask_prob`` (65%) is the pre-training
   objective's mask, not a fine-tuning augmentation;
 * a ``data2vec_audio_ctc`` checkpoint -> ``Data2VecAudioForCTC``: the encoder as above under
-  ``data2vec_audio.``, the CTC projection as ``lm_head``, the fine-tuning masks as SpecAugment options.
+  ``data2vec_audio.``, the CTC projection as ``lm_head``, the fine-tuning masks as SpecAugment options;
+* a ``data2vec_audio_classification`` checkpoint (``pooling=mean``) -> ``Data2VecAudioForSequenceClassification``:
+  the encoder as for CTC, ``projector`` and ``classifier`` as they are (both heads project every frame, average
+  the utterance's frames and classify), ``id2label`` from the label dictionary the task stored.
 
 Beside the weights: a ``Wav2Vec2FeatureExtractor`` (``do_normalize`` = the task's ``normalize``, the task's
 sampling rate, ``return_attention_mask``: our encoder has no group norm, so padding must be masked). For
@@ -24,7 +28,7 @@ Not expressible in Data2VecAudio, refused by name: ``extractor_mode=default`` (o
 first conv instead of a layer norm after each), ``layer_norm_first=true`` (pre-LN blocks),
 ``pos_conv_depth=1`` (wav2vec 2.0's single weight-normalised positional conv without layer norm),
 ``layer_type`` other than ``transformer``, activations HF lacks, ``data2vec_version=2`` (ALiBi attention
-biases, conv decoder), and a CTC ``blank_weight``.
+biases, conv decoder), a CTC ``blank_weight``, and ``pooling=attentive`` (HF's head averages the frames).
 
 Import (``d2v-import-hf HF_DIR OUT.pt``): the encoder of any Data2VecAudio directory (``...Model``,
 ``...ForCTC``: its ``lm_head`` is dropped) -> a ``data2vec_audio`` (version 1) pre-training checkpoint for
@@ -77,6 +81,8 @@ ENCODER_KEY_MAP = (
 CTC_KEY_MAP = tuple((r"w2v_encoder\.w2v_model\." + ours, "data2vec_audio." + hf) for ours, hf in ENCODER_KEY_MAP) + (
     (r"w2v_encoder\.proj\.(weight|bias)", r"lm_head.\1"),
 )
+# data2vec_audio_classification: the same encoder; projector and classifier keep their names (HF's head is ours).
+CLASSIFICATION_KEY_MAP = CTC_KEY_MAP[:-1] + ((r"(projector|classifier)\.(weight|bias)", r"\1.\2"),)
 # Left behind on export: the teacher (ours, or a fairseq-reference checkpoint's flat "_ema") and the head.
 DROP_ON_EXPORT = (r"ema_teacher\..*", r"_ema", r"final_proj\..*")
 # Without SpecAugment (mask_time_prob = mask_feature_prob = 0) HF has no masked_spec_embed: ours is unused.
@@ -191,9 +197,10 @@ def ctc_config_kwargs(model: dict) -> dict:
     return kwargs
 
 
-def hf_config(cfg, vocab_size: Optional[int] = None):
+def hf_config(cfg, vocab_size: Optional[int] = None, labels: Optional[List[str]] = None):
     """The transformers ``Data2VecAudioConfig`` of our checkpoint config ``cfg`` (``cfg.model._name`` is
-    ``data2vec_audio`` or ``data2vec_audio_ctc``; ``vocab_size``: the CTC projection's rows)."""
+    ``data2vec_audio``, ``data2vec_audio_ctc`` or ``data2vec_audio_classification``; ``vocab_size``: the CTC
+    projection's rows; ``labels``: the class names, in class order)."""
     from transformers import Data2VecAudioConfig
 
     model = plain_config(cfg["model"])
@@ -206,7 +213,18 @@ def hf_config(cfg, vocab_size: Optional[int] = None):
         return Data2VecAudioConfig(**ctc_config_kwargs(model), **sizes, pad_token_id=0, bos_token_id=1,
                                    eos_token_id=2, ctc_zero_infinity=_zero_infinity(cfg),
                                    architectures=["Data2VecAudioForCTC"])
-    raise HFConversionError(f"model._name={name}: not a speech model (data2vec_audio, data2vec_audio_ctc)")
+    if name == "data2vec_audio_classification":
+        if model.get("pooling", "mean") != "mean":
+            raise unsupported("model.pooling", model["pooling"], "Data2VecAudioForSequenceClassification averages "
+                              "the projected frames (pooling=mean)")
+        names = {} if labels is None else {"id2label": dict(enumerate(labels)),
+                                           "label2id": {label: i for i, label in enumerate(labels)}}
+        # the encoder part of the config is the CTC model's: both are fairseq's Wav2VecEncoder
+        return Data2VecAudioConfig(**ctc_config_kwargs(model), **names, use_weighted_layer_sum=False,
+                                   classifier_proj_size=model.get("classifier_proj_size", 256),
+                                   architectures=["Data2VecAudioForSequenceClassification"])
+    raise HFConversionError(f"model._name={name}: not a speech model (data2vec_audio, data2vec_audio_ctc, "
+                            f"data2vec_audio_classification)")
 
 
 def _zero_infinity(cfg) -> bool:
@@ -262,6 +280,19 @@ def _dictionary_symbols(checkpoint_path: Path, cfg) -> list:
     return list(Dictionary.load(str(dict_file)).symbols)
 
 
+def class_labels(symbols, classifier: Optional[torch.Tensor], checkpoint_path: Path) -> List[str]:
+    """The class names of a ``data2vec_audio_classification`` checkpoint: its label dictionary without fairseq's
+    special symbols (class ``i`` is entry ``4 + i``), one per row of ``classifier.weight``."""
+    symbols = list(symbols)
+    if symbols[:4] != ["<s>", "<pad>", "</s>", "<unk>"]:
+        raise HFConversionError(f"task_state.target_dictionary: expected fairseq's special symbols "
+                                f"<s> <pad> </s> <unk> first, found {symbols[:4]}")
+    rows = None if classifier is None else classifier.shape[0]
+    if rows != len(symbols) - 4:
+        raise HFConversionError(f"{checkpoint_path}: the classifier has {rows} outputs for {len(symbols) - 4} labels")
+    return symbols[4:]
+
+
 def ctc_processor(task: dict, vocab: Dict[str, int], tmp: Path):
     """``Wav2Vec2Processor`` (feature extractor + CTC tokenizer over ``vocab``), its vocab.json in ``tmp``."""
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2Processor
@@ -277,13 +308,14 @@ def ctc_processor(task: dict, vocab: Dict[str, int], tmp: Path):
 
 
 # -- export ------------------------------------------------------------------------------------------
-def _hf_model(config, hf_state: Dict[str, torch.Tensor], ctc: bool):
-    """The HF model holding exactly ``hf_state`` (strict: a missing or extra key is an error). Built on the
-    meta device, so no random init runs (fast, and the global random generator is left alone)."""
-    from transformers import Data2VecAudioForCTC, Data2VecAudioModel
+def _hf_model(config, hf_state: Dict[str, torch.Tensor]):
+    """The HF model (``config.architectures[0]``) holding exactly ``hf_state`` (strict: a missing or extra key is
+    an error). Built on the meta device, so no random init runs (fast, and the global random generator is left
+    alone)."""
+    import transformers
 
     with torch.device("meta"):
-        model = (Data2VecAudioForCTC if ctc else Data2VecAudioModel)(config)
+        model = getattr(transformers, config.architectures[0])(config)
     try:
         model.load_state_dict({k: v.detach().clone().contiguous() for k, v in hf_state.items()},
                               strict=True, assign=True)
@@ -303,6 +335,11 @@ def export(cfg, state: Dict[str, torch.Tensor], out_dir: Path, checkpoint_path: 
     proj = state.get("w2v_encoder.proj.weight")
     config = hf_config(cfg, None if proj is None else proj.shape[0])  # first: refuse before reading more
     vocab = None
+    key_map = CTC_KEY_MAP if ctc else ENCODER_KEY_MAP
+    if name == "data2vec_audio_classification":
+        labels = class_labels(_dictionary_symbols(checkpoint_path, cfg), state.get("classifier.weight"),
+                              checkpoint_path)
+        config, key_map = hf_config(cfg, labels=labels), CLASSIFICATION_KEY_MAP
     if ctc:
         vocab = ctc_vocabulary(_dictionary_symbols(checkpoint_path, cfg))
         if proj is None or proj.shape[0] != len(vocab):
@@ -311,8 +348,8 @@ def export(cfg, state: Dict[str, torch.Tensor], out_dir: Path, checkpoint_path: 
     drop = DROP_ON_EXPORT
     if not (config.mask_time_prob > 0 or config.mask_feature_prob > 0):
         drop = drop + DROP_MASK_EMB
-    hf_state = rename(state, CTC_KEY_MAP if ctc else ENCODER_KEY_MAP, str(checkpoint_path), drop=drop)
-    model = _hf_model(config, hf_state, ctc)
+    hf_state = rename(state, key_map, str(checkpoint_path), drop=drop)
+    model = _hf_model(config, hf_state)
     logger.info(f"exporting {name} as {type(model).__name__}; left behind: EMA teacher, regression head")
 
     def save(tmp: Path) -> None:

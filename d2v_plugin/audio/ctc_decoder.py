@@ -206,13 +206,15 @@ class CtcDecoder:
         return logp.float().cpu(), lengths
 
     def generate(self, models, sample, **unused) -> List[List[Dict]]:
-        self.refuse_non_finite(sample["net_input"], sample["id"], "audio holds NaN or infinite samples")
+        ids = sample.get("id")  # fairseq's batches carry ids; a caller's own batch may not (its rows then)
+        ids = torch.arange(sample["net_input"]["source"].size(0)) if ids is None else ids
+        self.refuse_non_finite(sample["net_input"], ids, "audio holds NaN or infinite samples")
         logp, lengths = self.emissions(models, sample)
         # -inf is a valid log-probability (fairseq's CTC model gives padded frames -inf for all but blank); NaN
         # in a real frame is a broken model
         real = torch.arange(logp.size(1), device=logp.device)[None, :] < lengths[:, None]
         self.refuse_non_finite({"emissions": torch.where(real[..., None] & logp.isnan(), torch.nan, 0.0)},
-                               sample["id"], "the model's output is NaN (do the checkpoint's weights hold NaN/Inf?)")
+                               ids, "the model's output is NaN (do the checkpoint's weights hold NaN/Inf?)")
         hypos = []
         for b in range(logp.size(0)):
             frames = logp[b, : lengths[b]]

@@ -28,18 +28,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fairseq.checkpoint_utils import _upgrade_state_dict
+from fairseq.data import Dictionary
 from fairseq.dataclass.utils import overwrite_args_by_name
 
 logger = logging.getLogger(__name__)
+
+# Plain-data classes fairseq itself pickles into checkpoints, which torch's weights-only unpickler may rebuild:
+# the target Dictionary in the ``task_state`` of fairseq's ``audio_finetuning`` (wav2vec 2.0 / data2vec CTC)
+# checkpoints. It has no ``__setstate__`` or ``__reduce__`` of its own: unpickling one only sets instance
+# attributes, and what they hold passes the same weights-only checks (a payload inside is still refused).
+CHECKPOINT_SAFE_CLASSES = (Dictionary,)
 
 
 def load_checkpoint(path: str, option: Optional[str] = "model.model_path",
                     arg_overrides: Optional[dict] = None) -> dict:
     """A fairseq checkpoint as ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` returns it, loaded safely.
 
-    ``torch.load(weights_only=True)`` is passed explicitly: only tensors and plain containers are
-    unpickled, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which overrides torch's *default* only) cannot
-    turn code execution back on. Then what fairseq does: ``arg_overrides`` are applied, ``cfg`` becomes an
+    ``torch.load(weights_only=True)`` is passed explicitly: only tensors, plain containers and the
+    plain-data classes of ``CHECKPOINT_SAFE_CLASSES`` are unpickled, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    (which overrides torch's *default* only) cannot turn code execution back on. Then what fairseq does: ``arg_overrides`` are applied, ``cfg`` becomes an
     OmegaConf object and old layouts are upgraded (``_upgrade_state_dict``). ``option`` names the setting in
     errors (None: the path alone). A file torch refuses is named, with the checkpoints beside it that look
     intact (:func:`intact_neighbours`), so a run whose ``checkpoint_last.pt`` was cut short by a full disk or
@@ -49,7 +56,7 @@ def load_checkpoint(path: str, option: Optional[str] = "model.model_path",
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{where}: no such checkpoint")
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, torch.serialization.safe_globals(list(CHECKPOINT_SAFE_CLASSES)):
             state = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, BadZipFile, ValueError) as e:
         others = intact_neighbours(path)

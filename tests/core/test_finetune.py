@@ -101,6 +101,30 @@ def test_fairseqs_own_loader_refuses_it_too(tmp_path, monkeypatch, force_unsafe)
     assert not marker.exists()
 
 
+def test_fairseqs_ctc_checkpoint_with_its_pickled_dictionary_loads(tmp_path):
+    """fairseq's audio_finetuning task saves its target Dictionary object in ``task_state``: allowed, as data."""
+    path = tmp_path / "ctc.pt"
+    image_checkpoint(path)
+    state = torch.load(path, weights_only=True)
+    letters = Dictionary()
+    for symbol in "ABC|":
+        letters.add_symbol(symbol)
+    state["task_state"] = {"target_dictionary": letters}
+    torch.save(state, path)
+    loaded = checkpoint_utils.load_checkpoint_to_cpu(str(path))["task_state"]["target_dictionary"]
+    assert isinstance(loaded, Dictionary) and loaded.symbols == letters.symbols and loaded.indices == letters.indices
+
+
+def test_a_payload_inside_an_allowed_dictionary_is_still_refused(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    smuggler = Dictionary()
+    smuggler.symbols.append(Payload(marker))
+    torch.save({"model": {}, "task_state": {"target_dictionary": smuggler}}, path)
+    with pytest.raises(ValueError, match=f"^{path}: torch refuses"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert not marker.exists()
+
+
 def test_a_truncated_checkpoint_names_the_intact_ones_beside_it(tmp_path):
     image_checkpoint(tmp_path / "checkpoint_best.pt")
     data = (tmp_path / "checkpoint_best.pt").read_bytes()

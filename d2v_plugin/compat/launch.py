@@ -13,7 +13,9 @@ way fairseq would on GPUs, with the gloo backend:
   ``torchrun --nnodes``) uses the ranks torchrun started.
 
 Everything else, GPU runs included, goes to fairseq's own launcher unchanged; then the process is
-exactly ``fairseq-hydra-train``.
+exactly ``fairseq-hydra-train``, except that a world size this machine cannot hold (the paper recipes' 16
+GPUs on a CPU-only machine or a smaller GPU node) stops with one line naming the overrides that fit it
+(:func:`devices_error`) instead of fairseq's assert.
 """
 
 import os
@@ -52,11 +54,34 @@ def _cpu_worker(i: int, main, cfg, kwargs):
     distributed_utils.distributed_main(i, main, cfg, kwargs)
 
 
+def devices_error(world_size: int, cuda_devices: int, update_freq=(1,)):
+    """Why fairseq's single-node launcher cannot start ``world_size`` GPU ranks here, and the overrides that
+    keep the recipe's effective batch (world size x ``update_freq``); None when it can."""
+    if world_size <= max(1, cuda_devices):  # one rank runs anywhere (fairseq falls back to the CPU)
+        return None
+    total = world_size * update_freq[0]
+    if cuda_devices == 0:
+        fit = (f"common.cpu=true common.fp16=false distributed_training.distributed_world_size=1 "
+               f"+optimization.update_freq='[{total}]' (one CPU process, the same effective batch), or the "
+               f"tiny_cpu recipe")
+    else:
+        fit = (f"distributed_training.distributed_world_size={cuda_devices} "
+               f"+optimization.update_freq='[{max(1, total // cuda_devices)}]' (the same effective batch)")
+    return (f"distributed_training.distributed_world_size={world_size} asks for {world_size} GPU ranks, but this "
+            f"machine has {cuda_devices} CUDA device(s). To run here add: {fit}")
+
+
 def _call_main(cfg, main, **kwargs):
     dt = cfg.distributed_training
     torchrun = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"))
     world = int(os.environ["WORLD_SIZE"]) if torchrun else dt.distributed_world_size
     if not cfg.common.cpu or world <= 1 or dt.distributed_init_method is not None:
+        single_node = not (cfg.common.cpu or cfg.common.tpu or torchrun or dt.distributed_init_method is not None
+                               or dt.distributed_port > 0 or "SLURM_STEP_NODELIST" in os.environ)
+        if single_node:  # where fairseq asserts "world size is 16 but have 0 available devices"
+            error = devices_error(world, torch.cuda.device_count(), list(cfg.optimization.update_freq))
+            if error is not None:
+                raise SystemExit(f"d2v-hydra-train: {error}")
         return _fairseq_call_main(cfg, main, **kwargs)
     with open_dict(cfg):
         dt.distributed_backend = "gloo"
